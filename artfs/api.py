@@ -1,0 +1,250 @@
+"""The Python API, shaped like W&B's public API.
+
+api = artfs.Api()
+api.put(["data/"], "proj/mnist", type="dataset", aliases=["best"])
+art = api.artifact("proj/mnist:latest")
+art.description = "cleaned"
+art.metadata["rows"] = 60000
+art.save()
+path = art.download()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from artfs import names
+from artfs.cache import CleanupResult
+from artfs.config import Settings, load_settings
+from artfs.digest import digest_file
+from artfs.manifest import ManifestBuilder, scan_tree
+from artfs.objects import open_store
+from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files
+
+Progress = Callable[[int], None]
+
+
+class ArtifactVersion:
+    """One version, with W&B's editable fields: description, metadata, aliases."""
+
+    def __init__(self, api: Api, version: Version, type: str) -> None:
+        self._api = api
+        self._version = version
+        self.type = type
+        self.description = version.description
+        self.metadata: dict[str, Any] = dict(version.metadata)
+        self.aliases: list[str] = list(version.aliases)
+
+    @property
+    def version(self) -> Version:
+        return self._version
+
+    @property
+    def ref(self) -> str:
+        return self._version.ref
+
+    @property
+    def name(self) -> str:
+        return f"{self._version.artifact}:v{self._version.number}"
+
+    def save(self) -> None:
+        """Persist description, metadata and alias changes."""
+        repo = self._api.repo
+        v = repo.update_version(self._version, description=self.description, metadata=self.metadata)
+        wanted = set(self.aliases)
+        for alias in set(v.aliases) - wanted - {"latest"}:
+            repo.remove_alias(v.project, v.artifact, alias)
+        for alias in sorted(wanted - set(v.aliases) - {"latest"}):
+            repo.set_alias(v, alias)
+        self._version = repo.version(v.project, v.artifact, v.number)
+        self.aliases = list(self._version.aliases)
+
+    def files(self) -> list[tuple[str, int, str]]:
+        """(path, size, digest) of every file."""
+        m = self._api.repo.manifest(self._version)
+        return [(p, e.size, e.digest or "") for p, e in m.files()]
+
+    def download(
+        self, root: str | os.PathLike[str] | None = None, progress: Progress | None = None
+    ) -> Path:
+        return self._api.download(self._version, root, progress)
+
+    checkout = download
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        self._api.repo.delete_version(self._version, delete_aliases=delete_aliases)
+
+
+class Api:
+    def __init__(
+        self, store: str | None = None, cache: str | None = None, settings: Settings | None = None
+    ) -> None:
+        self.settings = settings or load_settings(store, cache)
+        self.repo = Repo.open(open_store(self.settings.store), str(self.settings.cache_dir))
+
+    # -- reading ------------------------------------------------------------
+
+    def artifact(self, ref: str) -> ArtifactVersion:
+        r = names.Ref.parse(ref)
+        version = self.repo.resolve(r)
+        return ArtifactVersion(self, version, self.repo.artifact(r.project, r.artifact).type)
+
+    def artifact_versions(self, name: str) -> list[ArtifactVersion]:
+        r = names.Ref.parse(name)
+        art = self.repo.artifact(r.project, r.artifact)
+        return [
+            ArtifactVersion(self, v, art.type) for v in self.repo.versions(r.project, r.artifact)
+        ]
+
+    # -- writing ------------------------------------------------------------
+
+    def put(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        name: str,
+        *,
+        type: str = "dataset",
+        aliases: Iterable[str] = (),
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+        logged_by: str | None = None,
+    ) -> CommitResult:
+        """Store files and directories as the next version of ``proj/name``.
+
+        A directory's contents go at the artifact's root (like
+        ``wandb artifact put dir/``); a file goes under its own name.
+        """
+        ref = names.Ref.parse(name)
+        if ref.selector:
+            raise names.BadName(
+                f"bad artifact name {name!r}: put takes project/artifact, use -a for aliases"
+            )
+        builder, files = build_tree(paths)
+        sources = hash_files(files, builder, progress)
+        return commit_tree(
+            self.repo,
+            ref.project,
+            ref.artifact,
+            builder,
+            sources,
+            type=type,
+            description=description,
+            metadata=metadata,
+            aliases=aliases,
+            logged_by=logged_by,
+        )
+
+    def download(
+        self,
+        version: Version,
+        root: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
+        dest = (
+            Path(root)
+            if root is not None
+            else (Path("artifacts") / f"{version.artifact}:v{version.number}")
+        )
+        materialize(self.repo, version, dest, progress)
+        return dest.absolute()
+
+    def cache_cleanup(self, max_bytes: int) -> CleanupResult:
+        return self.repo.cache.cleanup(max_bytes)
+
+
+def build_tree(
+    paths: Iterable[str | os.PathLike[str]],
+) -> tuple[ManifestBuilder, list[tuple[str, Path]]]:
+    """Scan the inputs of a put; refuses missing paths and bad names before anything is stored."""
+    builder = ManifestBuilder()
+    files: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise RepoError("nothing to put: name at least one file or directory")
+    for p in paths:
+        if not p.exists() and not p.is_symlink():
+            raise RepoError(f"no such file or directory: {p}")
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            found = scan_tree(p, builder)
+        elif p.is_file():
+            names.check_path(p.name)
+            found = [(p.name, p)]
+        else:
+            raise RepoError(f"cannot put {p}: not a regular file or directory")
+        for path, disk in found:
+            if path in seen:
+                raise RepoError(f"two inputs give the same path {path!r}")
+            seen.add(path)
+            files.append((path, disk))
+    return builder, files
+
+
+def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | None = None) -> None:
+    """Write a version's tree under ``dest``.
+
+    Files come from the cache: hard-linked when on the same filesystem (they
+    are then read-only, like DVC's hardlink cache), else copied. A file that
+    already holds the right bytes is left alone.
+    """
+    manifest = repo.manifest(version)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path, e in manifest.walk():
+        target = dest / path
+        if e.is_dir:
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            target.mkdir(exist_ok=True)
+        elif e.is_symlink:
+            if target.is_symlink() and os.readlink(target) == e.target:
+                continue
+            _remove(target)
+            os.symlink(e.target, target)  # type: ignore[arg-type]
+        else:
+            assert e.digest is not None
+            if not (
+                target.is_file()
+                and not target.is_symlink()
+                and target.stat().st_size == e.size
+                and digest_file(target)[0] == e.digest
+            ):
+                _place_file(repo.cache.ensure(e.digest), target, e.executable)
+            elif bool(target.stat().st_mode & 0o100) != e.executable:
+                with contextlib.suppress(PermissionError):
+                    os.chmod(target, 0o755 if e.executable else 0o644)
+            if progress:
+                progress(e.size)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _place_file(cached: Path, target: Path, executable: bool) -> None:
+    tmp = target.with_name(f".{target.name}.artfs-{uuid.uuid4().hex[:8]}")
+    linked = False
+    if not executable:
+        try:
+            os.link(cached, tmp)
+            linked = True
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+    if not linked:
+        shutil.copyfile(cached, tmp)
+        os.chmod(tmp, 0o755 if executable else 0o644)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    os.replace(tmp, target)

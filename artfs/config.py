@@ -1,0 +1,105 @@
+"""Where the store, the cache and the state live.
+
+Each setting comes from the first of: a command-line flag, an environment
+variable, the TOML config file, the default. The config file is the user's
+(platformdirs) or, for the system service, ``/etc/artfs/config.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP = "artfs"
+SYSTEM_CONFIG = Path("/etc/artfs/config.toml")
+SYSTEM_CACHE = Path("/var/cache/artfs")
+SYSTEM_STATE = Path("/var/lib/artfs")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str
+    cache_dir: Path
+    state_dir: Path
+    cache_size: int | None
+    config_file: Path | None
+    raw: dict
+
+
+def config_path(system: bool = False) -> Path:
+    env = os.environ.get("ARTFS_CONFIG")
+    if env:
+        return Path(env)
+    if system:
+        return SYSTEM_CONFIG
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'1GB', '500M', '2GiB', '1024' -> bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ConfigError(f"bad size {text!r}: use a number with K, M, G or T") from None
+    if value < 0:
+        raise ConfigError(f"bad size {text!r}: negative")
+    return int(value * mult)
+
+
+def load_settings(
+    store: str | None = None,
+    cache: str | None = None,
+    state: str | None = None,
+    *,
+    system: bool = False,
+) -> Settings:
+    path = config_path(system)
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+
+    def pick(flag: str | None, env: str, key: str, default: str) -> str:
+        return flag or os.environ.get(env) or raw.get(key) or default
+
+    data_dir = Path(platformdirs.user_data_dir(APP))
+    store_url = pick(store, "ARTFS_STORE", "store", str(data_dir / "store"))
+    cache_dir = pick(
+        cache,
+        "ARTFS_CACHE",
+        "cache",
+        str(SYSTEM_CACHE if system else platformdirs.user_cache_dir(APP)),
+    )
+    state_dir = pick(
+        state,
+        "ARTFS_STATE",
+        "state",
+        str(SYSTEM_STATE if system else platformdirs.user_state_dir(APP)),
+    )
+    cache_size = parse_size(os.environ.get("ARTFS_CACHE_SIZE") or raw.get("cache_size"))
+    return Settings(
+        store_url,
+        Path(cache_dir),
+        Path(state_dir),
+        cache_size,
+        path if path.exists() else None,
+        raw,
+    )

@@ -1,0 +1,57 @@
+"""Content digests: XXH3-128, written ``xxh128:<32 hex>``, computed streaming."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import xxhash
+
+ALGORITHM = "xxh128"
+READ_CHUNK = 4 << 20
+_DIGEST_RE = re.compile(r"^xxh128:[0-9a-f]{32}$")
+
+
+class Hasher:
+    """Incremental digest of a byte stream."""
+
+    def __init__(self) -> None:
+        self._h = xxhash.xxh3_128()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._h.update(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return f"{ALGORITHM}:{self._h.hexdigest()}"
+
+    def copy(self) -> Hasher:
+        other = Hasher.__new__(Hasher)
+        other._h = self._h.copy()
+        other.size = self.size
+        return other
+
+
+def digest_bytes(data: bytes) -> str:
+    return f"{ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
+
+
+def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(digest, size) of a file, read in large chunks."""
+    h = Hasher()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(READ_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest(), h.size
+
+
+def is_digest(text: str) -> bool:
+    return bool(_DIGEST_RE.match(text))
+
+
+def verify_file(path: Path, digest: str) -> bool:
+    return digest_file(path)[0] == digest

@@ -1,0 +1,266 @@
+"""A store in a local directory.
+
+Atomicity comes from the filesystem: every write goes to a temporary file in
+``.tmp/`` that is fsynced, then linked (create-only: ``link`` fails if the
+name exists) or renamed (plain and compare-and-swap) into place, and the
+directory is fsynced before the call returns. Compare-and-swap holds across
+processes through an exclusive ``flock`` on ``.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from artfs.objects.base import (
+    Listing,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoreError,
+)
+
+_COPY_CHUNK = 8 << 20
+
+
+def _etag(st: os.stat_result) -> str:
+    # A write always lands as a new inode (rename or link of a fresh temp
+    # file), so inode plus mtime identifies the content that was read.
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.url = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / ".tmp").mkdir(exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot use {self.root} as a store: {e.strerror}") from e
+
+    # -- paths --------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or key.startswith("."):
+            raise ValueError(f"bad store key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def _ensure_parent(self, path: Path) -> None:
+        parent = path.parent
+        if parent.is_dir():
+            return
+        missing = []
+        p = parent
+        while not p.is_dir():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir()
+            _fsync_dir(d.parent)
+
+    def _tmp_path(self) -> Path:
+        return self.root / ".tmp" / uuid.uuid4().hex
+
+    def _write_tmp(self, data: bytes) -> Path:
+        tmp = self._tmp_path()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _install(self, tmp: Path, dest: Path, *, if_absent: bool) -> None:
+        """Put a durable temp file at ``dest``; the temp name is gone afterwards."""
+        self._ensure_parent(dest)
+        try:
+            if if_absent:
+                try:
+                    os.link(tmp, dest)
+                except FileExistsError:
+                    raise PreconditionFailed(f"exists: {dest.relative_to(self.root)}") from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {dest}: {e.strerror}") from e
+
+    @contextlib.contextmanager
+    def _cas_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- interface ----------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        except IsADirectoryError:
+            raise NotFound(key) from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        try:
+            return os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+
+    def download(self, key: str, out: BinaryIO) -> int:
+        try:
+            src = open(self._path(key), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise NotFound(key) from None
+        with src:
+            total = 0
+            while chunk := src.read(_COPY_CHUNK):
+                out.write(chunk)
+                total += len(chunk)
+            return total
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> str:
+        dest = self._path(key)
+        tmp = self._write_tmp(data)
+        if if_match is None:
+            self._install(tmp, dest, if_absent=if_absent)
+        else:
+            with self._cas_lock():
+                try:
+                    current = _etag(dest.stat())
+                except FileNotFoundError:
+                    current = None
+                if current != if_match:
+                    tmp.unlink(missing_ok=True)
+                    raise PreconditionFailed(f"changed since read: {key}")
+                self._install(tmp, dest, if_absent=False)
+                return _etag(dest.stat())
+        return _etag(dest.stat())
+
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> None:
+        dest = self._path(key)
+        if dest.exists() and if_absent:
+            raise PreconditionFailed(f"exists: {key}")
+        tmp = self._tmp_path()
+        moved = False
+        if move:
+            try:
+                # A rename keeps the bytes where they are: no copy for a staged
+                # file on the store's filesystem.
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(path, tmp)
+                moved = True
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise StoreError(f"cannot move {path} into the store: {e.strerror}") from e
+        if not moved:
+            with open(path, "rb") as src, open(tmp, "xb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        self._install(tmp, dest, if_absent=if_absent)
+
+    def head(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(key)
+        return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
+
+    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
+        if not delimiter:
+            return Listing(objects=sorted(self.iter_keys(prefix), key=lambda o: o.key))
+        base = self.root / prefix if prefix else self.root
+        listing = Listing()
+        try:
+            entries = sorted(os.scandir(base), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return listing
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                listing.prefixes.append(f"{prefix}{entry.name}/")
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                listing.objects.append(
+                    ObjectInfo(f"{prefix}{entry.name}", st.st_size, _etag(st), st.st_mtime)
+                )
+        return listing
+
+    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        stack = [(base, prefix)]
+        while stack:
+            d, p = stack.pop()
+            try:
+                it = os.scandir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for entry in it:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((Path(entry.path), f"{p}{entry.name}/"))
+                    elif entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        yield ObjectInfo(f"{p}{entry.name}", st.st_size, _etag(st), st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot delete {key}: {e.strerror}") from e
+        _fsync_dir(path.parent)

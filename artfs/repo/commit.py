@@ -1,0 +1,172 @@
+"""Turning a tree into a version: blobs first, then the manifest, then the record.
+
+The order is what makes a commit safe to kill at any moment: a version record
+is written only after every blob and the manifest are in the store, so a
+reader never sees a version whose bytes are not all there; anything a killed
+commit left behind is unreferenced blobs, which gc sweeps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from artfs import names
+from artfs.digest import digest_file
+from artfs.manifest import ManifestBuilder
+from artfs.objects import PreconditionFailed
+from artfs.repo import layout
+from artfs.repo.records import CommitResult, RepoError, Version
+from artfs.repo.registry import Repo
+
+UPLOAD_WORKERS = 8
+Progress = Callable[[int], None]
+
+
+def hash_files(
+    files: Iterable[tuple[str, Path]], builder: ManifestBuilder, progress: Progress | None = None
+) -> dict[str, Path]:
+    """Hash files into ``builder``; returns digest -> a file holding those bytes."""
+    files = list(files)
+    sources: dict[str, Path] = {}
+
+    def one(item: tuple[str, Path]) -> tuple[str, Path, str, int, bool]:
+        path, disk = item
+        digest, size = digest_file(disk)
+        return path, disk, digest, size, bool(disk.stat().st_mode & 0o100)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for path, disk, digest, size, executable in pool.map(one, files):
+            builder.add_file(path, size, digest, executable=executable)
+            sources.setdefault(digest, disk)
+            if progress:
+                progress(size)
+    return sources
+
+
+def commit_tree(
+    repo: Repo,
+    project: str,
+    artifact: str,
+    builder: ManifestBuilder,
+    sources: Mapping[str, Path],
+    *,
+    type: str = "dataset",
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+    aliases: Iterable[str] = (),
+    logged_by: str | None = None,
+    move: bool = False,
+    progress: Progress | None = None,
+) -> CommitResult:
+    """Store ``builder``'s tree as the next version of ``project/artifact``.
+
+    ``sources`` maps the digest of every file that may need uploading to a
+    local file with those bytes. With ``move`` a local store may take the
+    files instead of copying them. A tree identical to ``latest`` makes no
+    version: the result says so and names ``latest``.
+    """
+    aliases = list(dict.fromkeys(aliases))
+    for alias in aliases:
+        names.check_alias(alias)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise RepoError("metadata must be a JSON object")
+    art = repo.create_artifact(project, artifact, type)
+    if art.type != type:
+        raise RepoError(f"{art.qualified} is of type {art.type!r}, not {type!r}")
+
+    tree = builder.tree_digest()
+    latest = repo.alias_target(project, artifact, "latest")
+    if latest is not None:
+        try:
+            current = repo.version(project, artifact, latest)
+        except RepoError:
+            current = None
+        if current is not None and current.tree == tree:
+            for alias in aliases:
+                repo.set_alias(current, alias)
+            return CommitResult(repo.version(project, artifact, latest), False, 0, 0, 0)
+
+    needed = {digest: size for _, size, digest in builder.files()}
+    missing = [d for d in needed if d not in sources]
+    if missing:
+        # Files carried over from an existing version (a .base) must already be stored.
+        absent = [d for d in missing if not repo.blob_exists(d)]
+        if absent:
+            raise RepoError(
+                f"{len(absent)} blobs are neither staged nor in the store, e.g. {absent[0]}"
+            )
+    uploaded, reused = _upload_blobs(
+        repo, {d: sources[d] for d in needed if d in sources}, move=move, progress=progress
+    )
+
+    with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
+        manifest_file = Path(tmp) / "manifest.sqlite"
+        builder.write(manifest_file)
+        manifest_digest, _ = digest_file(manifest_file)
+        repo.cache.add_file(manifest_digest, manifest_file)
+        try:
+            repo.store.put_file(layout.blob_key(manifest_digest), manifest_file, if_absent=True)
+        except PreconditionFailed:
+            pass
+
+    total = sum(needed.values())
+    version = repo.create_version_record(
+        Version(
+            project=project,
+            artifact=artifact,
+            number=-1,
+            manifest=manifest_digest,
+            tree=tree,
+            created=time.time(),
+            size=total,
+            file_count=len(list(builder.files())),
+            description=description,
+            metadata=dict(metadata or {}),
+            logged_by=logged_by,
+        )
+    )
+    # A gc that ran between our existence check and the record may have swept
+    # a blob we counted on; the record now protects it, so put it back.
+    for digest in reused:
+        if not repo.blob_exists(digest) and sources[digest].exists():
+            repo.store.put_file(layout.blob_key(digest), sources[digest])
+    repo.advance_latest(project, artifact, version.number)
+    for alias in aliases:
+        repo.set_alias(version, alias)
+    new_bytes = sum(needed[d] for d in uploaded)
+    return CommitResult(
+        repo.version(project, artifact, version.number), True, len(uploaded), new_bytes, len(reused)
+    )
+
+
+def _upload_blobs(
+    repo: Repo, sources: Mapping[str, Path], *, move: bool, progress: Progress | None
+) -> tuple[list[str], list[str]]:
+    """Upload the blobs the store lacks. Returns (uploaded, already there)."""
+
+    def one(digest: str) -> bool:
+        key = layout.blob_key(digest)
+        source = sources[digest]
+        size = source.stat().st_size
+        try:
+            if repo.store.exists(key):
+                return False
+            repo.store.put_file(key, source, if_absent=True, move=move)
+            return True
+        except PreconditionFailed:
+            return False  # another writer stored the same bytes first
+        finally:
+            if progress:
+                progress(size)
+
+    digests = list(sources)
+    with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+        results = list(pool.map(one, digests))
+    uploaded = [d for d, new in zip(digests, results, strict=True) if new]
+    reused = [d for d, new in zip(digests, results, strict=True) if not new]
+    return uploaded, reused

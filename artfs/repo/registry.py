@@ -1,0 +1,416 @@
+"""The registry: projects, artifacts, versions and aliases, and their rules.
+
+Every rule that involves more than one writer is settled by the store's
+conditional writes, never by a lock of ours: versions are numbered by
+create-only puts (on conflict: next number), aliases move by compare-and-swap,
+and ``latest`` only ever moves forward.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from artfs import names
+from artfs.cache import BlobCache
+from artfs.manifest import Manifest
+from artfs.objects import NotFound, ObjectStore, PreconditionFailed
+from artfs.repo import layout
+from artfs.repo.records import (
+    VISIBILITIES,
+    Artifact,
+    ConflictError,
+    NotFoundError,
+    Project,
+    RepoError,
+    Version,
+)
+
+STORE_FORMAT = 1
+_MANIFESTS_KEPT = 64
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
+
+
+class Repo:
+    def __init__(self, store: ObjectStore, cache: BlobCache) -> None:
+        self.store = store
+        self.cache = cache
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
+        self._config_checked = False
+
+    @classmethod
+    def open(cls, store: ObjectStore, cache_dir: str) -> Repo:
+        return cls(store, BlobCache(cache_dir, store, layout.blob_key))
+
+    # -- records ------------------------------------------------------------
+
+    def _read_json(self, key: str) -> tuple[dict[str, Any], str]:
+        """(record, etag); NotFound if absent."""
+        info = self.store.head(key)
+        data = self.store.get(key)
+        try:
+            return json.loads(data), info.etag
+        except ValueError as e:
+            raise RepoError(f"corrupt record in store: {key}: {e}") from None
+
+    def _read_json_or_none(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.get(key))
+        except NotFound:
+            return None
+
+    def ensure_config(self) -> None:
+        """Create ``config.json`` on first write; refuse a store of another format."""
+        if self._config_checked:
+            return
+        config = self._read_json_or_none(layout.CONFIG)
+        if config is None:
+            try:
+                self.store.put(
+                    layout.CONFIG, _dump({"format": STORE_FORMAT, "hash": "xxh128"}), if_absent=True
+                )
+            except PreconditionFailed:
+                pass
+            config = self._read_json_or_none(layout.CONFIG) or {}
+        if config.get("format") != STORE_FORMAT or config.get("hash") != "xxh128":
+            raise RepoError(
+                f"store {self.store.url} has format {config}; this artfs reads "
+                f"format {STORE_FORMAT} with xxh128"
+            )
+        self._config_checked = True
+
+    # -- projects -----------------------------------------------------------
+
+    def project(self, name: str) -> Project:
+        names.check_name(name, "project name")
+        rec = self._read_json_or_none(layout.project_key(name))
+        if rec is None:
+            raise NotFoundError(f"no project {name!r}")
+        return Project(
+            name, rec.get("visibility", "private"), rec.get("group"), rec.get("created", 0.0)
+        )
+
+    def create_project(
+        self,
+        name: str,
+        visibility: str = "private",
+        group: str | None = None,
+        *,
+        exist_ok: bool = True,
+    ) -> Project:
+        names.check_name(name, "project name")
+        if visibility not in VISIBILITIES:
+            raise RepoError(f"bad visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}")
+        self.ensure_config()
+        rec = {"visibility": visibility, "group": group, "created": time.time()}
+        try:
+            self.store.put(layout.project_key(name), _dump(rec), if_absent=True)
+        except PreconditionFailed:
+            if not exist_ok:
+                raise ConflictError(f"project {name!r} exists") from None
+            return self.project(name)
+        return Project(name, visibility, group, rec["created"])
+
+    def set_visibility(self, name: str, visibility: str) -> Project:
+        if visibility not in VISIBILITIES:
+            raise RepoError(f"bad visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}")
+        self._update_record(
+            layout.project_key(name),
+            lambda r: r.update(visibility=visibility),
+            f"no project {name!r}",
+        )
+        return self.project(name)
+
+    def projects(self) -> list[Project]:
+        out = []
+        for prefix in self.store.list(layout.projects_prefix()).prefixes:
+            name = layout.key_basename(prefix)
+            try:
+                out.append(self.project(name))
+            except (NotFoundError, names.BadName):
+                continue  # a half-made or foreign entry: not a project
+        return out
+
+    # -- artifacts ----------------------------------------------------------
+
+    def artifact(self, project: str, name: str) -> Artifact:
+        names.check_name(project, "project name")
+        names.check_name(name, "artifact name")
+        rec = self._read_json_or_none(layout.artifact_key(project, name))
+        if rec is None:
+            raise NotFoundError(f"no artifact {project}/{name}")
+        return Artifact(project, name, rec.get("type", "dataset"), rec.get("created", 0.0))
+
+    def create_artifact(self, project: str, name: str, type: str = "dataset") -> Artifact:
+        """The artifact, made (with its project) if it does not exist yet."""
+        names.check_name(name, "artifact name")
+        names.check_name(type, "artifact type")
+        self.create_project(project)
+        rec = {"type": type, "created": time.time()}
+        try:
+            self.store.put(layout.artifact_key(project, name), _dump(rec), if_absent=True)
+        except PreconditionFailed:
+            return self.artifact(project, name)
+        return Artifact(project, name, type, rec["created"])
+
+    def artifacts(self, project: str) -> list[Artifact]:
+        self.project(project)
+        out = []
+        for prefix in self.store.list(layout.project_prefix(project)).prefixes:
+            name = layout.key_basename(prefix)
+            try:
+                out.append(self.artifact(project, name))
+            except (NotFoundError, names.BadName):
+                continue
+        return out
+
+    # -- versions -----------------------------------------------------------
+
+    def _version_numbers(self, project: str, artifact: str) -> list[int]:
+        """Numbers of every version record, live or deleted, ascending."""
+        nums = []
+        for obj in self.store.list(layout.versions_prefix(project, artifact)).objects:
+            stem = layout.key_basename(obj.key).removesuffix(".json")
+            if stem.isdigit():
+                nums.append(int(stem))
+        return sorted(nums)
+
+    def _read_version(self, project: str, artifact: str, number: int) -> Version | None:
+        try:
+            rec, etag = self._read_json(layout.version_key(project, artifact, number))
+        except NotFound:
+            return None
+        if rec.get("deleted"):
+            return None
+        return Version.from_record(project, artifact, rec, etag)
+
+    def versions(self, project: str, artifact: str, *, with_aliases: bool = True) -> list[Version]:
+        self.artifact(project, artifact)
+        out = [
+            v
+            for n in self._version_numbers(project, artifact)
+            if (v := self._read_version(project, artifact, n)) is not None
+        ]
+        if with_aliases:
+            by_number: dict[int, list[str]] = {}
+            for alias, n in self.aliases(project, artifact).items():
+                by_number.setdefault(n, []).append(alias)
+            for v in out:
+                v.aliases = sorted(by_number.get(v.number, []))
+        return out
+
+    def version(self, project: str, artifact: str, number: int) -> Version:
+        v = self._read_version(project, artifact, number)
+        if v is None:
+            raise NotFoundError(f"no version {project}/{artifact}:v{number}")
+        v.aliases = sorted(a for a, n in self.aliases(project, artifact).items() if n == number)
+        return v
+
+    def resolve(self, ref: names.Ref | str) -> Version:
+        """The version a ref names; a ref without selector means ``latest``."""
+        if isinstance(ref, str):
+            ref = names.Ref.parse(ref)
+        self.artifact(ref.project, ref.artifact)
+        selector = ref.selector or "latest"
+        number = names.version_number(selector)
+        if number is None:
+            number = self.alias_target(ref.project, ref.artifact, selector)
+            if number is None:
+                if selector == "latest":
+                    raise NotFoundError(f"{ref.name} has no versions")
+                raise NotFoundError(f"no alias {selector!r} on {ref.name}")
+        return self.version(ref.project, ref.artifact, number)
+
+    def next_version_number(self, project: str, artifact: str) -> int:
+        nums = self._version_numbers(project, artifact)
+        return nums[-1] + 1 if nums else 0
+
+    def create_version_record(self, version: Version) -> Version:
+        """Write a new version record create-only, taking the next free number."""
+        number = self.next_version_number(version.project, version.artifact)
+        while True:
+            version.number = number
+            key = layout.version_key(version.project, version.artifact, number)
+            try:
+                version.etag = self.store.put(key, _dump(version.to_record()), if_absent=True)
+                return version
+            except PreconditionFailed:
+                number += 1
+
+    def update_version(
+        self,
+        version: Version,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Version:
+        """Change a version's description and/or metadata (replace, not merge)."""
+        if metadata is not None and not isinstance(metadata, dict):
+            raise RepoError("metadata must be a JSON object")
+
+        def change(rec: dict[str, Any]) -> None:
+            if rec.get("deleted"):
+                raise NotFoundError(f"no version {version.ref}")
+            if description is not None:
+                rec["description"] = description
+            if metadata is not None:
+                rec["metadata"] = metadata
+
+        self._update_record(
+            layout.version_key(version.project, version.artifact, version.number),
+            change,
+            f"no version {version.ref}",
+        )
+        return self.version(version.project, version.artifact, version.number)
+
+    def _update_record(self, key: str, change: Any, missing: str) -> None:
+        """Read-modify-write a JSON record by compare-and-swap until it sticks."""
+        while True:
+            try:
+                rec, etag = self._read_json(key)
+            except NotFound:
+                raise NotFoundError(missing) from None
+            change(rec)
+            try:
+                self.store.put(key, _dump(rec), if_match=etag)
+                return
+            except PreconditionFailed:
+                continue
+
+    def delete_version(self, version: Version, *, delete_aliases: bool = False) -> list[str]:
+        """Delete a version's record (its blobs go at gc). Returns the aliases removed.
+
+        A version with aliases is refused unless ``delete_aliases``, as in W&B.
+        ``latest`` then moves back to the highest remaining version.
+        """
+        aliases = [
+            a
+            for a, n in self.aliases(version.project, version.artifact).items()
+            if n == version.number
+        ]
+        if aliases and not delete_aliases:
+            raise ConflictError(
+                f"{version.ref} has aliases ({', '.join(sorted(aliases))}); "
+                "remove them first or pass --delete-aliases"
+            )
+        # A tombstone, not a removal: version numbers are never reused.
+        self._update_record(
+            layout.version_key(version.project, version.artifact, version.number),
+            lambda r: (
+                r.clear(),
+                r.update(version=version.number, deleted=True, deleted_at=time.time()),
+            ),
+            f"no version {version.ref}",
+        )
+        for alias in aliases:
+            if alias != "latest":
+                self.store.delete(layout.alias_key(version.project, version.artifact, alias))
+        if "latest" in aliases:
+            self._repoint_latest(version.project, version.artifact)
+        return sorted(aliases)
+
+    # -- aliases ------------------------------------------------------------
+
+    def aliases(self, project: str, artifact: str) -> dict[str, int]:
+        out = {}
+        for obj in self.store.list(layout.aliases_prefix(project, artifact)).objects:
+            alias = layout.key_basename(obj.key).removesuffix(".json")
+            rec = self._read_json_or_none(obj.key)
+            if rec is not None and "version" in rec:
+                out[alias] = int(rec["version"])
+        return out
+
+    def alias_target(self, project: str, artifact: str, alias: str) -> int | None:
+        rec = self._read_json_or_none(layout.alias_key(project, artifact, alias))
+        return int(rec["version"]) if rec else None
+
+    def set_alias(self, version: Version, alias: str) -> None:
+        """Point ``alias`` at ``version``, moving it from wherever it was."""
+        names.check_alias(alias)
+        self.version(version.project, version.artifact, version.number)
+        self.store.put(
+            layout.alias_key(version.project, version.artifact, alias),
+            _dump({"version": version.number}),
+        )
+
+    def remove_alias(self, project: str, artifact: str, alias: str) -> None:
+        names.check_alias(alias)
+        if self.alias_target(project, artifact, alias) is None:
+            raise NotFoundError(f"no alias {alias!r} on {project}/{artifact}")
+        self.store.delete(layout.alias_key(project, artifact, alias))
+
+    def advance_latest(self, project: str, artifact: str, number: int) -> None:
+        """Move ``latest`` to ``number`` unless it already points at a newer live version."""
+        key = layout.alias_key(project, artifact, "latest")
+        while True:
+            try:
+                rec, etag = self._read_json(key)
+            except NotFound:
+                try:
+                    self.store.put(key, _dump({"version": number}), if_absent=True)
+                    return
+                except PreconditionFailed:
+                    continue
+            current = int(rec["version"])
+            if current >= number and self._read_version(project, artifact, current) is not None:
+                return
+            try:
+                self.store.put(key, _dump({"version": number}), if_match=etag)
+                return
+            except PreconditionFailed:
+                continue
+
+    def _repoint_latest(self, project: str, artifact: str) -> None:
+        """After deleting the latest version: latest names the highest live one, or nothing."""
+        key = layout.alias_key(project, artifact, "latest")
+        while True:
+            live = [
+                n
+                for n in reversed(self._version_numbers(project, artifact))
+                if self._read_version(project, artifact, n) is not None
+            ]
+            try:
+                rec, etag = self._read_json(key)
+            except NotFound:
+                rec, etag = None, None
+            if not live:
+                self.store.delete(key)
+                return
+            if rec is not None and int(rec["version"]) == live[0]:
+                return
+            try:
+                if etag is None:
+                    self.store.put(key, _dump({"version": live[0]}), if_absent=True)
+                else:
+                    self.store.put(key, _dump({"version": live[0]}), if_match=etag)
+                return
+            except PreconditionFailed:
+                continue
+
+    # -- manifests ----------------------------------------------------------
+
+    def manifest(self, version: Version) -> Manifest:
+        """The version's manifest, fetched into the cache and opened (kept open, LRU)."""
+        digest = version.manifest
+        with self._manifests_lock:
+            m = self._manifests.get(digest)
+            if m is not None:
+                self._manifests.move_to_end(digest)
+                return m
+        path = self.cache.source_path(digest)
+        m = Manifest(path, digest)
+        with self._manifests_lock:
+            self._manifests[digest] = m
+            while len(self._manifests) > _MANIFESTS_KEPT:
+                self._manifests.popitem(last=False)
+        return m
+
+    def blob_exists(self, digest: str) -> bool:
+        return self.store.exists(layout.blob_key(digest))
