@@ -8,6 +8,7 @@ commit left behind is unreferenced blobs, which gc sweeps.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -109,10 +110,8 @@ def commit_tree(
         builder.write(manifest_file)
         manifest_digest, _ = digest_file(manifest_file)
         repo.cache.add_file(manifest_digest, manifest_file)
-        try:
+        with contextlib.suppress(PreconditionFailed):
             repo.store.put_file(layout.blob_key(manifest_digest), manifest_file, if_absent=True)
-        except PreconditionFailed:
-            pass
 
     total = sum(needed.values())
     version = repo.create_version_record(

@@ -6,7 +6,7 @@ CONFIG = "config.json"
 
 
 def blob_key(digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
+    _algo, _, hexpart = digest.partition(":")
     return f"blobs/{hexpart[:2]}/{digest}"
 
 

@@ -8,6 +8,7 @@ and ``latest`` only ever moves forward.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -72,12 +73,10 @@ class Repo:
             return
         config = self._read_json_or_none(layout.CONFIG)
         if config is None:
-            try:
+            with contextlib.suppress(PreconditionFailed):
                 self.store.put(
                     layout.CONFIG, _dump({"format": STORE_FORMAT, "hash": "xxh128"}), if_absent=True
                 )
-            except PreconditionFailed:
-                pass
             config = self._read_json_or_none(layout.CONFIG) or {}
         if config.get("format") != STORE_FORMAT or config.get("hash") != "xxh128":
             raise RepoError(
