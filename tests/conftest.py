@@ -1,0 +1,71 @@
+"""Shared fixtures: real stores, real caches, the real CLI in a subprocess.
+
+``store_url`` is parametrized over the store kinds in ``STORE_KINDS`` so a
+test that takes it runs against every backend.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from artfs.api import Api
+
+STORE_KINDS = ["local"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    raise AssertionError(f"unknown store kind {request.param}")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def artfs_env(store_url: str, cache_dir: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for artfs subprocesses: this test's store, cache and config."""
+    env = dict(os.environ)
+    env.update(
+        ARTFS_STORE=store_url,
+        ARTFS_CACHE=str(cache_dir),
+        ARTFS_STATE=str(tmp_path / "state"),
+        ARTFS_CONFIG=str(tmp_path / "config.toml"),
+    )
+    return env
+
+
+@pytest.fixture
+def api(store_url: str, cache_dir: Path, artfs_env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> Api:
+    monkeypatch.setenv("ARTFS_CONFIG", artfs_env["ARTFS_CONFIG"])
+    return Api(store=store_url, cache=str(cache_dir))
+
+
+@pytest.fixture
+def run_artfs(artfs_env: dict[str, str]):
+    """Run the real CLI: ``run_artfs("ls", check=True)`` -> CompletedProcess."""
+
+    def run(*args: str, check: bool = True, input: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "artfs.cli", *args],
+            env=env or artfs_env, capture_output=True, text=True, input=input,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"artfs {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+            )
+        return proc
+
+    return run

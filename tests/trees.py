@@ -1,0 +1,40 @@
+"""Building source trees for tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_tree(root: Path, files: dict[str, bytes | str], *, executable: tuple[str, ...] = (),
+              symlinks: dict[str, str] | None = None, empty_dirs: tuple[str, ...] = ()
+              ) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+        os.chmod(p, 0o755 if rel in executable else 0o644)
+    for rel, target in (symlinks or {}).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, p)
+    for rel in empty_dirs:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def read_tree(root: Path) -> dict[str, tuple]:
+    """path -> ('f', bytes, executable) | ('l', target) | ('d',) for comparing trees."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("l", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("d",)
+            else:
+                out[rel] = ("f", p.read_bytes(), bool(p.stat().st_mode & 0o100))
+    return out
