@@ -63,6 +63,24 @@ class BlobCache:
             return local
         return self.ensure(digest)
 
+    def open_reader(self, digest: str, size: int) -> BlobReader:
+        """A reader for one open of a blob: fetches what is missing, pins what it reads.
+
+        For a local store it reads the store's own file (no copy); else the
+        cached copy, held with a shared lock so cleanup never evicts it while
+        open. Blocking: call it from a worker thread in async code.
+        """
+        local = self.store.local_path(self._key_for(digest))
+        if local is not None:
+            try:
+                return BlobReader(os.open(local, os.O_RDONLY), size)
+            except FileNotFoundError:
+                raise BlobError(f"blob {digest} is missing from the store") from None
+        path = self.ensure(digest)
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return BlobReader(fd, size)
+
     @contextlib.contextmanager
     def _single_flight(self, digest: str) -> Iterator[None]:
         with self._locks_guard:
@@ -180,6 +198,22 @@ class BlobCache:
             freed += st.st_size
             removed += 1
         return CleanupResult(removed, freed, total, pinned)
+
+
+class BlobReader:
+    """Positional reads of one blob, for one open file. Thread-safe (pread)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _HashingWriter:

@@ -44,8 +44,9 @@ def artfs_env(store_url: str, cache_dir: Path, tmp_path: Path) -> dict[str, str]
 
 
 @pytest.fixture
-def api(store_url: str, cache_dir: Path, artfs_env: dict[str, str],
-        monkeypatch: pytest.MonkeyPatch) -> Api:
+def api(
+    store_url: str, cache_dir: Path, artfs_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Api:
     monkeypatch.setenv("ARTFS_CONFIG", artfs_env["ARTFS_CONFIG"])
     return Api(store=store_url, cache=str(cache_dir))
 
@@ -54,18 +55,23 @@ def api(store_url: str, cache_dir: Path, artfs_env: dict[str, str],
 def run_artfs(artfs_env: dict[str, str]):
     """Run the real CLI: ``run_artfs("ls", check=True)`` -> CompletedProcess."""
 
-    def run(*args: str, check: bool = True, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "artfs.cli", *args],
-            env=env or artfs_env, capture_output=True, text=True, input=input,
+            env=env or artfs_env,
+            capture_output=True,
+            text=True,
+            input=input,
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"artfs {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
-            )
+            raise AssertionError(f"artfs {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
         return proc
 
     return run

@@ -6,9 +6,14 @@ import os
 from pathlib import Path
 
 
-def make_tree(root: Path, files: dict[str, bytes | str], *, executable: tuple[str, ...] = (),
-              symlinks: dict[str, str] | None = None, empty_dirs: tuple[str, ...] = ()
-              ) -> Path:
+def make_tree(
+    root: Path,
+    files: dict[str, bytes | str],
+    *,
+    executable: tuple[str, ...] = (),
+    symlinks: dict[str, str] | None = None,
+    empty_dirs: tuple[str, ...] = (),
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for rel, content in files.items():
         p = root / rel
