@@ -20,7 +20,7 @@ from artfs import names
 from artfs.digest import digest_file
 from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
-from artfs.repo import layout
+from artfs.repo import layout, runs
 from artfs.repo.records import CommitResult, RepoError, Version
 from artfs.repo.registry import Repo
 
@@ -74,6 +74,8 @@ def commit_tree(
     aliases = list(dict.fromkeys(aliases))
     for alias in aliases:
         names.check_alias(alias)
+    if logged_by is not None:
+        runs.check_run_id(logged_by)
     if metadata is not None and not isinstance(metadata, dict):
         raise RepoError("metadata must be a JSON object")
     art = repo.create_artifact(project, artifact, type)
@@ -134,6 +136,8 @@ def commit_tree(
     for digest in reused:
         if not repo.blob_exists(digest) and sources[digest].exists():
             repo.store.put_file(layout.blob_key(digest), sources[digest])
+    if logged_by is not None:
+        runs.record_log(repo, logged_by, version)
     repo.advance_latest(project, artifact, version.number)
     for alias in aliases:
         repo.set_alias(version, alias)

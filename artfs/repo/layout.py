@@ -54,5 +54,13 @@ def run_used_key(run_id: str, project: str, artifact: str, number: int) -> str:
     return f"runs/{run_id}/used/{project}/{artifact}/{number}"
 
 
+def run_logged_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/logged/"
+
+
+def run_logged_key(run_id: str, project: str, artifact: str, number: int) -> str:
+    return f"runs/{run_id}/logged/{project}/{artifact}/{number}"
+
+
 def key_basename(key: str) -> str:
     return key.rstrip("/").rpartition("/")[2]
