@@ -12,9 +12,11 @@ path = art.download()
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +31,7 @@ from artfs.objects import open_store
 from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files
 
 Progress = Callable[[int], None]
+PhaseProgress = Callable[[str, int], Progress | None]
 
 
 class ArtifactVersion:
@@ -38,9 +41,17 @@ class ArtifactVersion:
         self._api = api
         self._version = version
         self.type = type
+        self._loaded(version)
+
+    def _loaded(self, version: Version) -> None:
+        self._version = version
         self.description = version.description
-        self.metadata: dict[str, Any] = dict(version.metadata)
+        self.metadata: dict[str, Any] = copy.deepcopy(version.metadata)
         self.aliases: list[str] = list(version.aliases)
+        # What was read, so save() writes only what the caller changed and
+        # keeps edits other writers made meanwhile.
+        self._read_metadata = copy.deepcopy(version.metadata)
+        self._read_aliases = set(version.aliases)
 
     @property
     def version(self) -> Version:
@@ -55,16 +66,37 @@ class ArtifactVersion:
         return f"{self._version.artifact}:v{self._version.number}"
 
     def save(self) -> None:
-        """Persist description, metadata and alias changes."""
+        """Persist the changes made to description, metadata and aliases."""
         repo = self._api.repo
-        v = repo.update_version(self._version, description=self.description, metadata=self.metadata)
+        if not isinstance(self.description, str):
+            raise RepoError("description must be a string")
+        if not isinstance(self.metadata, dict):
+            raise RepoError("metadata must be a JSON object")
         wanted = set(self.aliases)
-        for alias in set(v.aliases) - wanted - {"latest"}:
+        # Check every alias before writing anything.
+        for alias in wanted - self._read_aliases:
+            names.check_alias(alias, allow_latest=False)
+        for alias in self._read_aliases - wanted:
+            names.check_alias(alias, allow_latest=False)
+        changed = {
+            k: v
+            for k, v in self.metadata.items()
+            if k not in self._read_metadata or self._read_metadata[k] != v
+        }
+        removed = [k for k in self._read_metadata if k not in self.metadata]
+        v = repo.update_version(
+            self._version,
+            description=(
+                self.description if self.description != self._version.description else None
+            ),
+            set_metadata=changed,
+            unset_metadata=removed,
+        )
+        for alias in sorted(self._read_aliases - wanted):
             repo.remove_alias(v.project, v.artifact, alias)
-        for alias in sorted(wanted - set(v.aliases) - {"latest"}):
+        for alias in sorted(wanted - self._read_aliases):
             repo.set_alias(v, alias)
-        self._version = repo.version(v.project, v.artifact, v.number)
-        self.aliases = list(self._version.aliases)
+        self._loaded(repo.version(v.project, v.artifact, v.number))
 
     def files(self) -> list[tuple[str, int, str]]:
         """(path, size, digest) of every file."""
@@ -116,19 +148,30 @@ class Api:
         metadata: dict[str, Any] | None = None,
         progress: Progress | None = None,
         logged_by: str | None = None,
+        phases: PhaseProgress | None = None,
     ) -> CommitResult:
         """Store files and directories as the next version of ``proj/name``.
 
         A directory's contents go at the artifact's root (like
         ``wandb artifact put dir/``); a file goes under its own name.
+        ``progress`` is called with the bytes hashed; ``phases``, if given,
+        instead is called as ``phases("hashing", total_bytes)`` and
+        ``phases("uploading", total_bytes)`` and returns each phase's callback.
         """
         ref = names.Ref.parse(name)
         if ref.selector:
             raise names.BadName(
                 f"bad artifact name {name!r}: put takes project/artifact, use -a for aliases"
             )
+        for alias in aliases:
+            names.check_alias(alias)
         builder, files = build_tree(paths)
+        upload_progress = None
+        if phases is not None:
+            progress = phases("hashing", sum(os.stat(disk).st_size for _, disk in files))
         sources = hash_files(files, builder, progress)
+        if phases is not None:
+            upload_progress = phases("uploading", sum(s for _, s, _ in _unique_files(builder)))
         return commit_tree(
             self.repo,
             ref.project,
@@ -140,6 +183,7 @@ class Api:
             metadata=metadata,
             aliases=aliases,
             logged_by=logged_by,
+            progress=upload_progress,
         )
 
     def download(
@@ -160,6 +204,13 @@ class Api:
         return self.repo.cache.cleanup(max_bytes)
 
 
+def _unique_files(builder: ManifestBuilder) -> list[tuple[str, int, str]]:
+    seen: dict[str, tuple[str, int, str]] = {}
+    for path, size, digest in builder.files():
+        seen.setdefault(digest, (path, size, digest))
+    return list(seen.values())
+
+
 def build_tree(
     paths: Iterable[str | os.PathLike[str]],
 ) -> tuple[ManifestBuilder, list[tuple[str, Path]]]:
@@ -174,7 +225,9 @@ def build_tree(
         if not p.exists() and not p.is_symlink():
             raise RepoError(f"no such file or directory: {p}")
     for p in paths:
-        if p.is_dir() and not p.is_symlink():
+        # A link named on the command line is followed (it names what the user
+        # means to store); links inside a directory are kept as links.
+        if p.is_dir():
             found = scan_tree(p, builder)
         elif p.is_file():
             names.check_path(p.name)
@@ -211,18 +264,27 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
             os.symlink(e.target, target)  # type: ignore[arg-type]
         else:
             assert e.digest is not None
-            if not (
-                target.is_file()
-                and not target.is_symlink()
-                and target.stat().st_size == e.size
-                and digest_file(target)[0] == e.digest
-            ):
+            if not _holds(target, e.size, e.digest, repo.cache.path(e.digest)):
                 _place_file(repo.cache.ensure(e.digest), target, e.executable)
             elif bool(target.stat().st_mode & 0o100) != e.executable:
                 with contextlib.suppress(PermissionError):
                     os.chmod(target, 0o755 if e.executable else 0o644)
             if progress:
                 progress(e.size)
+
+
+def _holds(target: Path, size: int, digest: str, cached: Path) -> bool:
+    """Whether ``target`` is a regular file with exactly these bytes already."""
+    try:
+        st = target.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samestat(st, cached.stat()):
+            return True  # a hard link to the verified cache copy
+    return digest_file(target)[0] == digest
 
 
 def _remove(path: Path) -> None:

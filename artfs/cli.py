@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from artfs import names
 from artfs.api import Api
@@ -37,15 +37,28 @@ def _fmt_time(t: float) -> str:
 
 
 @contextlib.contextmanager
-def _progress(desc: str, total: int) -> Iterator[Any]:
-    """A tqdm bar on a terminal, else a no-op callback."""
-    if not sys.stderr.isatty() or total == 0:
-        yield None
+def _progress_bars() -> Iterator[Any]:
+    """``bars(desc, total)`` -> a callback that advances a tqdm bar on stderr, or
+    None when stderr is not a terminal. Every bar closes when the block ends."""
+    if not sys.stderr.isatty():
+        yield lambda desc, total: None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
-        yield bar.update
+    opened: list[Any] = []
+
+    def bars(desc: str, total: int) -> Any:
+        if opened:
+            opened[-1].close()
+        bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+        opened.append(bar)
+        return bar.update
+
+    try:
+        yield bars
+    finally:
+        for bar in opened:
+            bar.close()
 
 
 def _api(args: argparse.Namespace) -> Api:
@@ -59,13 +72,17 @@ def _print_json(obj: Any) -> None:
 def _load_metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
-    source = text
+    source, what = text, "not JSON"
     if not text.lstrip().startswith("{") and Path(text).is_file():
-        source = Path(text).read_text()
+        try:
+            source, what = Path(text).read_text(), "file is not JSON"
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"bad metadata {text!r}: cannot read it ({e})") from None
     try:
         value = json.loads(source)
     except ValueError as e:
-        raise CliError(f"bad metadata {text!r}: not JSON ({e})") from None
+        hint = "" if Path(text).exists() or "{" in text else " and no such file"
+        raise CliError(f"bad metadata {text!r}: {what}{hint} ({e})") from None
     if not isinstance(value, dict):
         raise CliError(f"bad metadata {text!r}: must be a JSON object")
     return value
@@ -75,16 +92,9 @@ def _load_metadata(text: str | None) -> dict[str, Any] | None:
 
 
 def cmd_put(args: argparse.Namespace) -> None:
-    api = _api(args)
     metadata = _load_metadata(args.metadata)
-    total = sum(
-        f.stat().st_size
-        for p in map(Path, args.paths)
-        if p.exists()
-        for f in ([p] if p.is_file() else p.rglob("*"))
-        if f.is_file()
-    )
-    with _progress("put", total) as progress:
+    api = _api(args)
+    with _progress_bars() as bars:
         result = api.put(
             args.paths,
             args.name,
@@ -92,7 +102,7 @@ def cmd_put(args: argparse.Namespace) -> None:
             aliases=args.alias,
             description=args.description or "",
             metadata=metadata,
-            progress=progress,
+            phases=bars,
         )
     v = result.version
     if not result.created:
@@ -109,8 +119,8 @@ def cmd_put(args: argparse.Namespace) -> None:
 def cmd_get(args: argparse.Namespace) -> None:
     api = _api(args)
     art = api.artifact(args.ref)
-    with _progress("get", art.version.size) as progress:
-        path = art.download(args.root, progress)
+    with _progress_bars() as bars:
+        path = art.download(args.root, bars("get", art.version.size))
     print(path)
 
 
@@ -208,9 +218,9 @@ def cmd_meta_set(args: argparse.Namespace) -> None:
 
 
 def cmd_meta_replace(args: argparse.Namespace) -> None:
-    art = _api(args).artifact(args.ref)
-    art.metadata = _load_metadata(args.json_value) or {}
-    art.save()
+    metadata = _load_metadata(args.json_value) or {}
+    api = _api(args)
+    api.repo.update_version(api.artifact(args.ref).version, metadata=metadata)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
@@ -253,16 +263,33 @@ def cmd_umount(args: argparse.Namespace) -> None:
 # -- parser ------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", help="store URL or directory (else $ARTFS_STORE, config)")
-    common.add_argument("--cache", help="cache directory (else $ARTFS_CACHE, config)")
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the CLI."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"artfs: error: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    def store_options(parser: argparse.ArgumentParser, default: Any) -> None:
+        parser.add_argument(
+            "--store",
+            default=default,
+            help="store URL or directory (else $ARTFS_STORE, the config file, the default)",
+        )
+        parser.add_argument(
+            "--cache", default=default, help="cache directory (else $ARTFS_CACHE, config)"
+        )
+
+    # The options are accepted before and after the command. After it they must
+    # not reset one given before it, so there they have no default at all.
+    common = argparse.ArgumentParser(add_help=False)
+    store_options(common, argparse.SUPPRESS)
+    parser = _Parser(
         prog="artfs",
-        parents=[common],
         description="Versioned ML artifacts in a plain store, shown as directories.",
     )
+    store_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -345,13 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(e: Exception) -> str:
+    return str(e).replace("\n", " ") or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
     except (CliError, RepoError, names.BadName, ConfigError, StoreError, ValueError) as e:
-        print(f"artfs: error: {e}", file=sys.stderr)
+        print(f"artfs: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"artfs: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:
         return 0

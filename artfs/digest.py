@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 
 import xxhash
@@ -38,15 +39,39 @@ def digest_bytes(data: bytes) -> str:
     return f"{ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
 
 
+_buffers = threading.local()
+
+
+def digest_fd(fd: int, size_hint: int = -1) -> tuple[str, int]:
+    """(digest, size) of what is left to read from ``fd``, read in large chunks.
+
+    A file known to be small is read in one call; a large one through a
+    per-thread buffer, so hashing many files allocates nothing per file.
+    """
+    if 0 <= size_hint < READ_CHUNK:
+        data = os.read(fd, size_hint + 1)
+        if len(data) <= size_hint:
+            return digest_bytes(data), len(data)
+        h = Hasher()
+        h.update(data)
+    else:
+        h = Hasher()
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    while n := os.readv(fd, [buf]):
+        h.update(view[:n])
+    return h.hexdigest(), h.size
+
+
 def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     """(digest, size) of a file, read in large chunks."""
-    h = Hasher()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest(), h.size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return digest_fd(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def is_digest(text: str) -> bool:

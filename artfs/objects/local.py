@@ -13,8 +13,8 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +34,33 @@ _COPY_CHUNK = 8 << 20
 
 def _etag(st: os.stat_result) -> str:
     # A write always lands as a new inode (rename or link of a fresh temp
-    # file), so inode plus mtime identifies the content that was read.
+    # file) whose mtime _stamp set to the nanosecond: a freed inode number
+    # can be reused at once, but not with the same mtime.
     return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _stamp(fd: int) -> None:
+    """Give a new object a fine-grained mtime of now: it is part of the etag,
+    and gc measures a blob's age by it (a moved-in file keeps its old one)."""
+    now = time.time_ns()
+    os.utime(fd, ns=(now, now))
+
+
+def _copy(src: int, dst: int) -> None:
+    """Copy a whole file between descriptors, in the kernel when it can."""
+    while True:
+        try:
+            n = os.copy_file_range(src, dst, _COPY_CHUNK)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            break
+        if n == 0:
+            return
+    while chunk := os.read(src, _COPY_CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,6 +117,7 @@ class LocalStore(ObjectStore):
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            _stamp(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -129,15 +155,13 @@ class LocalStore(ObjectStore):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(key) from None
-        except IsADirectoryError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(key) from None
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(key) from None
         try:
             return os.pread(fd, length, start)
@@ -147,7 +171,7 @@ class LocalStore(ObjectStore):
     def download(self, key: str, out: BinaryIO) -> int:
         try:
             src = open(self._path(key), "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(key) from None
         with src:
             total = 0
@@ -190,6 +214,7 @@ class LocalStore(ObjectStore):
                 # file on the store's filesystem.
                 fd = os.open(path, os.O_RDONLY)
                 try:
+                    _stamp(fd)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -199,10 +224,14 @@ class LocalStore(ObjectStore):
                 if e.errno != errno.EXDEV:
                     raise StoreError(f"cannot move {path} into the store: {e.strerror}") from e
         if not moved:
-            with open(path, "rb") as src, open(tmp, "xb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
-                dst.flush()
-                os.fsync(dst.fileno())
+            try:
+                with open(path, "rb") as src, open(tmp, "xb") as dst:
+                    _copy(src.fileno(), dst.fileno())
+                    _stamp(dst.fileno())
+                    os.fsync(dst.fileno())
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
         os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         self._install(tmp, dest, if_absent=if_absent)
 
@@ -225,8 +254,8 @@ class LocalStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError):
             return listing
         for entry in entries:
-            if entry.name.startswith("."):
-                continue
+            if not prefix and entry.name.startswith("."):
+                continue  # the store's own .tmp and .lock
             if entry.is_dir(follow_symlinks=False):
                 listing.prefixes.append(f"{prefix}{entry.name}/")
             elif entry.is_file(follow_symlinks=False):
@@ -247,13 +276,20 @@ class LocalStore(ObjectStore):
                 continue
             with it:
                 for entry in it:
-                    if entry.name.startswith("."):
+                    if not p and entry.name.startswith("."):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         stack.append((Path(entry.path), f"{p}{entry.name}/"))
                     elif entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
                         yield ObjectInfo(f"{p}{entry.name}", st.st_size, _etag(st), st.st_mtime)
+
+    def exists(self, key: str) -> bool:
+        # One stat, no etag: the dedup check runs once per blob of a put.
+        try:
+            return stat.S_ISREG(self._path(key).stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -9,6 +9,7 @@ commit left behind is unreferenced blobs, which gc sweeps.
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from artfs import names
-from artfs.digest import digest_file
+from artfs.digest import digest_fd, digest_file
 from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
 from artfs.repo import layout, runs
@@ -25,6 +26,7 @@ from artfs.repo.records import CommitResult, RepoError, Version
 from artfs.repo.registry import Repo
 
 UPLOAD_WORKERS = 8
+HASH_WORKERS = 4
 Progress = Callable[[int], None]
 
 
@@ -37,10 +39,15 @@ def hash_files(
 
     def one(item: tuple[str, Path]) -> tuple[str, Path, str, int, bool]:
         path, disk = item
-        digest, size = digest_file(disk)
-        return path, disk, digest, size, bool(disk.stat().st_mode & 0o100)
+        fd = os.open(disk, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            digest, size = digest_fd(fd, st.st_size)
+        finally:
+            os.close(fd)
+        return path, disk, digest, size, bool(st.st_mode & 0o100)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
         for path, disk, digest, size, executable in pool.map(one, files):
             builder.add_file(path, size, digest, executable=executable)
             sources.setdefault(digest, disk)

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from artfs import names
@@ -249,10 +250,24 @@ class Repo:
         *,
         description: str | None = None,
         metadata: dict[str, Any] | None = None,
+        set_metadata: dict[str, Any] | None = None,
+        unset_metadata: Iterable[str] = (),
     ) -> Version:
-        """Change a version's description and/or metadata (replace, not merge)."""
-        if metadata is not None and not isinstance(metadata, dict):
-            raise RepoError("metadata must be a JSON object")
+        """Change a version's description and/or metadata.
+
+        ``metadata`` replaces it all; ``set_metadata`` and ``unset_metadata``
+        change single keys and are applied to the record as it is when written,
+        so two writers editing different keys both keep their change.
+        """
+        for value in (metadata, set_metadata):
+            if value is not None and not isinstance(value, dict):
+                raise RepoError("metadata must be a JSON object")
+        unset_metadata = list(unset_metadata)
+        for value in (description, metadata, set_metadata):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as e:
+                raise RepoError(f"not JSON-serializable: {e}") from None
 
         def change(rec: dict[str, Any]) -> None:
             if rec.get("deleted"):
@@ -261,6 +276,12 @@ class Repo:
                 rec["description"] = description
             if metadata is not None:
                 rec["metadata"] = metadata
+            if set_metadata or unset_metadata:
+                merged = dict(rec.get("metadata") or {})
+                merged.update(set_metadata or {})
+                for key in unset_metadata:
+                    merged.pop(key, None)
+                rec["metadata"] = merged
 
         self._update_record(
             layout.version_key(version.project, version.artifact, version.number),
@@ -287,16 +308,18 @@ class Repo:
         """Delete a version's record (its blobs go at gc). Returns the aliases removed.
 
         A version with aliases is refused unless ``delete_aliases``, as in W&B.
-        ``latest`` then moves back to the highest remaining version.
+        ``latest`` does not count (no one can remove it by hand): it moves back
+        to the highest remaining version.
         """
         aliases = [
             a
             for a, n in self.aliases(version.project, version.artifact).items()
             if n == version.number
         ]
-        if aliases and not delete_aliases:
+        held = sorted(a for a in aliases if a != "latest")
+        if held and not delete_aliases:
             raise ConflictError(
-                f"{version.ref} has aliases ({', '.join(sorted(aliases))}); "
+                f"{version.ref} has aliases ({', '.join(held)}); "
                 "remove them first or pass --delete-aliases"
             )
         # A tombstone, not a removal: version numbers are never reused.

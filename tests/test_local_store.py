@@ -1,0 +1,148 @@
+"""The store interface: plain, create-only and compare-and-swap puts, listing,
+and the guarantees under concurrent processes. Runs against every backend;
+the tests named ``test_local_*`` are about the local directory itself."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from artfs.objects import NotFound, ObjectStore, PreconditionFailed, open_store
+from artfs.objects.local import LocalStore
+
+
+@pytest.fixture
+def store(store_url: str) -> ObjectStore:
+    return open_store(store_url)
+
+
+def test_put_get_head_range_delete(store: ObjectStore) -> None:
+    etag = store.put("a/b/one.json", b"0123456789")
+    assert store.get("a/b/one.json") == b"0123456789"
+    assert store.get_range("a/b/one.json", 3, 4) == b"3456"
+    assert store.get_range("a/b/one.json", 8, 100) == b"89"
+    info = store.head("a/b/one.json")
+    assert (info.key, info.size, info.etag) == ("a/b/one.json", 10, etag)
+    assert store.exists("a/b/one.json") and not store.exists("a/b/two.json")
+    store.delete("a/b/one.json")
+    store.delete("a/b/one.json")  # absent is not an error
+    with pytest.raises(NotFound):
+        store.get("a/b/one.json")
+    with pytest.raises(NotFound):
+        store.head("a/b/one.json")
+
+
+def test_list_with_and_without_delimiter(store: ObjectStore) -> None:
+    for key in ("p/x.json", "p/q/y.json", "p/q/r/z.json", "other.json"):
+        store.put(key, b"{}")
+    top = store.list("p/")
+    assert [o.key for o in top.objects] == ["p/x.json"]
+    assert top.prefixes == ["p/q/"]
+    deep = store.list("p/", delimiter=False)
+    assert [o.key for o in deep.objects] == ["p/q/r/z.json", "p/q/y.json", "p/x.json"]
+    assert sorted(o.key for o in store.iter_keys("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
+    assert store.list("nothing/").objects == []
+
+
+def test_create_only_never_replaces(store: ObjectStore, tmp_path: Path) -> None:
+    store.put("k.json", b"first", if_absent=True)
+    with pytest.raises(PreconditionFailed):
+        store.put("k.json", b"second", if_absent=True)
+    src = tmp_path / "f"
+    src.write_bytes(b"third")
+    with pytest.raises(PreconditionFailed):
+        store.put_file("k.json", src, if_absent=True)
+    assert store.get("k.json") == b"first"
+
+
+def test_compare_and_swap_needs_the_current_etag(store: ObjectStore) -> None:
+    first = store.put("c.json", b"1")
+    second = store.put("c.json", b"2", if_match=first)
+    assert second != first
+    with pytest.raises(PreconditionFailed):
+        store.put("c.json", b"3", if_match=first)
+    assert store.get("c.json") == b"2"
+    # Same length, same content, written again: still a new etag.
+    third = store.put("c.json", b"2", if_match=second)
+    with pytest.raises(PreconditionFailed):
+        store.put("c.json", b"4", if_match=second)
+    assert store.head("c.json").etag == third
+
+
+def _increment(store_url: str, key: str, times: int) -> None:
+    store = open_store(store_url)
+    for _ in range(times):
+        while True:
+            info = store.head(key)
+            count = json.loads(store.get(key))["count"]
+            # get after head: if it changed in between, the put below fails.
+            try:
+                store.put(key, json.dumps({"count": count + 1}).encode(), if_match=info.etag)
+                break
+            except PreconditionFailed:
+                continue
+
+
+def test_compare_and_swap_loses_no_update_across_processes(
+    store: ObjectStore, store_url: str
+) -> None:
+    store.put("counter.json", b'{"count": 0}')
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_increment, args=(store_url, "counter.json", 40)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert json.loads(store.get("counter.json")) == {"count": 160}
+
+
+def test_put_file_copies_or_moves(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(100_000))
+    data = src.read_bytes()
+    store.put_file("blobs/aa/one", src)
+    assert src.exists() and store.get("blobs/aa/one") == data
+    store.put_file("blobs/aa/two", src, move=True)
+    assert store.get("blobs/aa/two") == data
+
+
+def test_local_bad_keys_are_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    for key in ("", "../x", "a/../../x", "/abs", "a//b", ".tmp/x", "a/./b"):
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_local_writes_leave_no_temp_files_and_hide_internals(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    store.put("a.json", b"1")
+    etag = store.put("a.json", b"2")
+    store.put("a.json", b"3", if_match=etag)
+    with pytest.raises(PreconditionFailed):
+        store.put("a.json", b"4", if_absent=True)
+    with pytest.raises(PreconditionFailed):
+        store.put("a.json", b"5", if_match=etag)
+    store.put_file("blobs/ab/c", src, if_absent=True)
+    assert os.listdir(tmp_path / "s" / ".tmp") == []
+    assert sorted(o.key for o in store.iter_keys("")) == ["a.json", "blobs/ab/c"]
+    assert store.list("").prefixes == ["blobs/"]
+    # Blobs are read-only on disk: nothing rewrites them in place.
+    assert (tmp_path / "s" / "blobs" / "ab" / "c").stat().st_mode & 0o222 == 0
+
+
+def test_local_moved_file_counts_as_new(tmp_path: Path) -> None:
+    """A staged file moved in keeps no old mtime: gc's grace period measures from the put."""
+    store = LocalStore(tmp_path / "s")
+    src = tmp_path / "old"
+    src.write_bytes(b"old bytes")
+    os.utime(src, (0, 0))
+    store.put_file("blobs/aa/old", src, move=True)
+    assert store.head("blobs/aa/old").mtime > 1e9
