@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any, NoReturn
 from artfs import names
 from artfs.api import Api
 from artfs.config import ConfigError, load_settings, parse_size
+from artfs.config import format_size as _fmt_size
 from artfs.objects import StoreError
 from artfs.repo import RepoError
 
@@ -22,14 +24,6 @@ EXIT_BAD_INPUT = 2
 
 class CliError(Exception):
     pass
-
-
-def _fmt_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def _fmt_time(t: float) -> str:
@@ -46,11 +40,25 @@ def _progress_bars() -> Iterator[Any]:
     from tqdm import tqdm
 
     opened: list[Any] = []
+    try:
+        cols, rows = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        cols, rows = 0, 0
 
     def bars(desc: str, total: int) -> Any:
         if opened:
             opened[-1].close()
-        bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+        # A terminal that reports no size (a bare pty) would get no bar at all.
+        bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            leave=False,
+            ncols=cols or 80,
+            nrows=rows or 24,
+            dynamic_ncols=bool(cols),
+        )
         opened.append(bar)
         return bar.update
 

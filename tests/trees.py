@@ -43,3 +43,12 @@ def read_tree(root: Path) -> dict[str, tuple]:
             else:
                 out[rel] = ("f", p.read_bytes(), bool(p.stat().st_mode & 0o100))
     return out
+
+
+def store_snapshot(store) -> dict[str, tuple[int, str]]:
+    """key -> (size, etag) of every object: equal snapshots mean an unchanged store."""
+    return {o.key: (o.size, o.etag) for o in store.iter_keys("")}
+
+
+def blob_keys(store) -> set[str]:
+    return {o.key for o in store.iter_keys("blobs/")}
