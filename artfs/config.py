@@ -62,6 +62,15 @@ def parse_size(text: str | int | None) -> int | None:
     return int(value * mult)
 
 
+def format_size(n: float) -> str:
+    """Bytes for people: '1.2 GB' (powers of 1000, as ``du --si``)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def load_settings(
     store: str | None = None,
     cache: str | None = None,
