@@ -1,0 +1,456 @@
+"""The mount daemon's life: start, readiness, logging, signals, unmount.
+
+``artfs mount`` forks the daemon and returns only once the mount answers a
+``stat`` (or exits non-zero with the daemon's reason). The daemon logs to a
+file in the state directory; SIGTERM, SIGINT and SIGHUP unmount cleanly. A
+mountpoint left behind by a daemon that died ("Transport endpoint is not
+connected") is detached and mounted again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyfuse3
+import trio
+
+from artfs.config import Settings, load_settings
+from artfs.fs.files import BlobOpener
+from artfs.fs.nodes import XATTR_PREFIX, InodeTable, MountContext
+from artfs.fs.operations import Operations, stats_of
+from artfs.objects import ObjectStore, open_store
+from artfs.objects.base import Listing, ObjectInfo
+from artfs.repo import Repo
+
+log = logging.getLogger("artfs.fs")
+
+DEFAULT_TTL = 5.0
+DEFAULT_READ_AHEAD_KB = 1024
+WORKER_THREADS = 16
+READY_TIMEOUT = 60.0
+EXIT_TIMEOUT = 60.0
+
+
+class MountError(Exception):
+    """Mounting or unmounting failed; the message says why."""
+
+
+@dataclass
+class MountConfig:
+    mountpoint: Path
+    settings: Settings
+    options: list[str] = field(default_factory=list)
+    ttl: float = DEFAULT_TTL
+    debug: bool = False
+    foreground: bool = False
+    via_cache: bool = False
+    read_ahead_kb: int = DEFAULT_READ_AHEAD_KB
+
+    @property
+    def pid_file(self) -> Path:
+        return mount_files(self.settings.state_dir, self.mountpoint)[0]
+
+    @property
+    def log_file(self) -> Path:
+        return mount_files(self.settings.state_dir, self.mountpoint)[1]
+
+
+def mount_files(state_dir: Path, mountpoint: Path) -> tuple[Path, Path]:
+    """(pid file, log file) of the mount on ``mountpoint``."""
+    name = str(mountpoint).strip("/").replace("/", "_") or "root"
+    return state_dir / "mounts" / f"{name}.pid", state_dir / "logs" / f"mount-{name}.log"
+
+
+# -- the store, seen without its local paths -------------------------------------
+
+
+class ThroughCache(ObjectStore):
+    """A store whose blobs are always copied into the cache, even if local.
+
+    For a store directory on a slow or shared filesystem (NFS), serving its
+    files directly would send every read there.
+    """
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self.inner.get_range(key, start, length)
+
+    def download(self, key: str, out: BinaryIO) -> int:
+        return self.inner.download(key, out)
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> str:
+        return self.inner.put(key, data, if_absent=if_absent, if_match=if_match)
+
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> None:
+        self.inner.put_file(key, path, if_absent=if_absent, move=move)
+
+    def head(self, key: str) -> ObjectInfo:
+        return self.inner.head(key)
+
+    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
+        return self.inner.list(prefix, delimiter=delimiter)
+
+    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.iter_keys(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- the mountpoint -------------------------------------------------------------------
+
+
+def _unescape(field_: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field_):
+        if field_[i] == "\\" and i + 3 < len(field_) and field_[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fs_type(mountpoint: Path) -> str | None:
+    """The filesystem type mounted on ``mountpoint`` (e.g. ``fuse.artfs``), or None."""
+    target = str(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split()
+            if len(parts) >= 5 and _unescape(parts[4]) == target:
+                found = right.split()[0]  # the last mount on a path wins
+    return found
+
+
+def is_stale(mountpoint: Path) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def _detach(mountpoint: Path) -> None:
+    """Lazily unmount whatever is on ``mountpoint``; raises MountError if nothing works."""
+    errors = []
+    for cmd in (["fusermount3", "-u", "-z", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors.append(f"{cmd[0]}: {e}")
+            continue
+        if r.returncode == 0:
+            return
+        errors.append(r.stderr.strip() or f"{cmd[0]} exited {r.returncode}")
+    raise MountError(f"cannot unmount {mountpoint}: {'; '.join(errors)}")
+
+
+def prepare_mountpoint(mountpoint: Path) -> None:
+    """Make ``mountpoint`` ready to mount on: recover a dead mount, refuse a live one."""
+    if is_stale(mountpoint):
+        log.warning("%s: a previous daemon died (not connected); detaching it", mountpoint)
+        print(f"artfs: {mountpoint}: recovering from a dead mount", file=sys.stderr)
+        _detach(mountpoint)
+    if not mountpoint.is_dir():
+        raise MountError(f"cannot mount on {mountpoint}: not a directory")
+    fs_type = mounted_fs_type(mountpoint)
+    if fs_type is not None and fs_type.startswith("fuse"):
+        raise MountError(f"{mountpoint} is already mounted ({fs_type}); artfs umount it first")
+
+
+def set_read_ahead(mountpoint: Path, kb: int) -> int | None:
+    """Raise the mount's read-ahead so the kernel sends reads of ``kb`` KiB, not 128."""
+    st = os.stat(mountpoint)
+    path = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    try:
+        if int(path.read_text()) < kb:
+            path.write_text(str(kb))
+        return int(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise read-ahead in %s: %s (reads stay small)", path, e)
+        return None
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+
+def _setup_logging(cfg: MountConfig) -> None:
+    cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_file)]
+    if cfg.foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if cfg.debug else logging.INFO)
+    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if cfg.debug else logging.WARNING)
+
+
+def _fuse_options(cfg: MountConfig) -> set[str]:
+    options = set(pyfuse3.default_options) | {"fsname=artfs", "subtype=artfs"}
+    for opt in cfg.options:
+        options.update(o.strip() for o in opt.split(",") if o.strip())
+    return options
+
+
+async def _serve(cfg: MountConfig, ops: Operations, notify: Callable[[str], None]) -> None:
+    async def on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("got %s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async def announce() -> None:
+        try:
+            st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+            if st.st_ino != pyfuse3.ROOT_INODE:
+                raise MountError(f"{cfg.mountpoint} does not show the mount (inode {st.st_ino})")
+            ra = await trio.to_thread.run_sync(set_read_ahead, cfg.mountpoint, cfg.read_ahead_kb)
+        except (OSError, MountError) as e:
+            log.error("the mount does not answer: %s", e)
+            notify(f"the mount on {cfg.mountpoint} does not answer: {e}")
+            pyfuse3.terminate()
+            return
+        log.info("mounted %s on %s; read_ahead_kb=%s", cfg.settings.store, cfg.mountpoint, ra)
+        notify("ok")
+
+    ops.limiter = trio.CapacityLimiter(WORKER_THREADS)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_signal)
+        nursery.start_soon(announce)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status."""
+    _setup_logging(cfg)
+    log.info(
+        "starting: store %s, cache %s, ttl %ss%s",
+        cfg.settings.store,
+        cfg.settings.cache_dir,
+        cfg.ttl,
+        ", blobs through the cache" if cfg.via_cache else "",
+    )
+    try:
+        store = open_store(cfg.settings.store)
+        if cfg.via_cache:
+            store = ThroughCache(store)
+        repo = Repo.open(store, str(cfg.settings.cache_dir))
+        ctx = MountContext(
+            repo=repo,
+            opener=BlobOpener(repo.cache, store),
+            ttl=cfg.ttl,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            started=time.time(),
+        )
+        table = InodeTable(ctx)
+        ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS))
+        table.stats = lambda: stats_of(ops, ctx.opener, repo.cache)
+        pyfuse3.init(ops, str(cfg.mountpoint), _fuse_options(cfg))
+    except Exception as e:
+        log.error("cannot mount %s: %s", cfg.mountpoint, e)
+        notify(f"cannot mount {cfg.mountpoint}: {e}")
+        return 1
+    cfg.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg.pid_file.write_text(f"{os.getpid()}\n")
+    status = 0
+    try:
+        trio.run(_serve, cfg, ops, notify)
+    except BaseException:
+        log.exception("the daemon failed")
+        status = 1
+    finally:
+        pyfuse3.close(unmount=True)
+        with contextlib.suppress(OSError):
+            if cfg.pid_file.read_text().strip() == str(os.getpid()):
+                cfg.pid_file.unlink()
+        log.info("unmounted %s", cfg.mountpoint)
+    return status
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+def _config(args: Any) -> MountConfig:
+    settings = load_settings(
+        args.store, args.cache, getattr(args, "state", None), system=getattr(args, "system", False)
+    )
+    ttl = args.ttl if getattr(args, "ttl", None) is not None else DEFAULT_TTL
+    if ttl < 0:
+        raise MountError(f"bad --ttl {ttl}: must be 0 or more seconds")
+    return MountConfig(
+        mountpoint=Path(os.path.abspath(args.mountpoint)),
+        settings=settings,
+        options=list(getattr(args, "options", []) or []),
+        ttl=ttl,
+        debug=bool(getattr(args, "debug", False)),
+        foreground=bool(getattr(args, "foreground", False)),
+        via_cache=bool(getattr(args, "via_cache", False)),
+        read_ahead_kb=int(getattr(args, "read_ahead_kb", None) or DEFAULT_READ_AHEAD_KB),
+    )
+
+
+def _pipe_notifier(fd: int) -> Callable[[str], None]:
+    def notify(message: str) -> None:
+        nonlocal fd
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(fd, message.encode() + b"\n")
+            os.close(fd)
+        fd = -1
+
+    return notify
+
+
+def _read_notice(fd: int, timeout: float) -> str:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return ""
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def mount_command(args: Any) -> None:
+    cfg = _config(args)
+    prepare_mountpoint(cfg.mountpoint)
+    if cfg.foreground:
+        if run_daemon(cfg, lambda message: None) != 0:
+            raise MountError(f"the mount failed; see {cfg.log_file}")
+        return
+    cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        status = 1
+        try:
+            os.close(r)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            log_fd = os.open(cfg.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(null, 0)
+            # libfuse writes its own complaints to stderr: keep them in the log.
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            status = run_daemon(cfg, _pipe_notifier(w))
+        finally:
+            os._exit(status)
+    os.close(w)
+    try:
+        notice = _read_notice(r, READY_TIMEOUT)
+    finally:
+        os.close(r)
+    if notice == "ok":
+        print(
+            f"artfs: mounted {cfg.settings.store} on {cfg.mountpoint} "
+            f"(daemon pid {pid}, log {cfg.log_file})",
+            file=sys.stderr,
+        )
+        return
+    if not notice:
+        with contextlib.suppress(ProcessLookupError):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, signal.SIGTERM)
+        notice = f"the daemon did not answer; see {cfg.log_file}"
+    raise MountError(notice)
+
+
+def _daemon_pid(mountpoint: Path, pid_file: Path) -> int | None:
+    """The serving daemon's pid: asked of the mount itself, else from the pid file."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return int(json.loads(os.getxattr(mountpoint, XATTR_PREFIX + "stats"))["pid"])
+    with contextlib.suppress(OSError, ValueError):
+        return int(pid_file.read_text().strip())
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (no parent reaped it yet) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def umount_command(args: Any) -> None:
+    settings = load_settings(args.store, args.cache, getattr(args, "state", None))
+    mountpoint = Path(os.path.abspath(args.mountpoint))
+    pid_file, log_file = mount_files(settings.state_dir, mountpoint)
+    stale = is_stale(mountpoint)
+    pid = None if stale else _daemon_pid(mountpoint, pid_file)
+    if stale or getattr(args, "lazy", False):
+        _detach(mountpoint)
+    elif mounted_fs_type(mountpoint) is None:
+        raise MountError(f"{mountpoint} is not mounted")
+    else:
+        r = subprocess.run(
+            ["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True, timeout=60
+        )
+        if r.returncode != 0:
+            r2 = subprocess.run(
+                ["umount", str(mountpoint)], capture_output=True, text=True, timeout=60
+            )
+            if r2.returncode != 0:
+                reason = r.stderr.strip() or r2.stderr.strip()
+                raise MountError(f"cannot unmount {mountpoint}: {reason} (try --lazy)")
+    if pid is not None and not wait_for_exit(pid, EXIT_TIMEOUT):
+        raise MountError(
+            f"{mountpoint} is unmounted but daemon {pid} has not exited; see {log_file}"
+        )

@@ -1,0 +1,305 @@
+"""FUSE calls mapped onto the inode table (nodes.py). Thin on purpose.
+
+Every call that may block runs in a worker thread under one capacity
+limiter, so a slow fetch or store listing never holds up other requests.
+Errors from the core become errnos here, with the reason in the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from artfs import names
+from artfs.fs.files import FileHandle
+from artfs.fs.nodes import InodeTable, Node, negative_attr
+from artfs.objects import StoreError
+from artfs.repo import NotFoundError, RepoError
+
+log = logging.getLogger("artfs.fs")
+T = TypeVar("T")
+# Entries fetched per readdir round trip; what the kernel's buffer does not
+# take is kept for its next request.
+READDIR_BATCH = 256
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class _OpenDir:
+    def __init__(self, cursor: Any) -> None:
+        self.cursor = cursor
+        self.pending_offset = -1
+        self.pending: list[tuple[str, pyfuse3.EntryAttributes, int]] = []
+
+
+class ReadStats:
+    """What the kernel asked for: request sizes show whether read-ahead took effect."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.bytes = 0
+        self.max_read = 0
+        self.sizes: Counter[int] = Counter()
+        self.opens = 0
+        self.errors = 0
+
+    def record(self, size: int, got: int) -> None:
+        self.reads += 1
+        self.bytes += got
+        self.max_read = max(self.max_read, size)
+        self.sizes[size] += 1
+
+
+class Operations(pyfuse3.Operations):
+    def __init__(self, table: InodeTable, limiter: trio.CapacityLimiter) -> None:
+        super().__init__()
+        self.table = table
+        self.limiter = limiter
+        self.stats = ReadStats()
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, _OpenDir] = {}
+        self._next_fh = 1
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        except pyfuse3.FUSEError as e:
+            if e.errno == errno.EROFS:
+                log.info("%s: refused, read-only", what)
+            raise
+        except (NotFoundError, names.BadName) as e:
+            log.debug("%s: %s", what, e)
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except (StoreError, RepoError, ValueError) as e:
+            self.stats.errors += 1
+            log.error("%s: %s", what, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as e:
+            self.stats.errors += 1
+            log.error("%s: %s", what, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    def _node(self, inode: int) -> Node:
+        return self.table.get(inode)
+
+    async def _call(self, what: str, inode: int, method: str, *args: Any) -> Any:
+        def run() -> Any:
+            node = self._node(inode)
+            return getattr(node, method)(*args)
+
+        return await self._run(what, run)
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    # -- names and attributes -------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        text = _name(name)
+
+        def run() -> pyfuse3.EntryAttributes:
+            parent = self._node(parent_inode)
+            if text == ".":
+                return parent.attr()
+            if text == "..":
+                return parent.parent().attr()
+            child = parent.lookup(text)
+            return child.attr() if child is not None else negative_attr(parent.negative_timeout())
+
+        return await self._run(f"lookup {text!r} in inode {parent_inode}", run)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._call(f"getattr {inode}", inode, "attr")
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        target = await self._call(f"readlink {inode}", inode, "readlink")
+        return target.encode("utf-8", "surrogateescape")
+
+    async def forget(self, inode_list: Any) -> None:
+        # Listing nodes live as long as the mount; version nodes are never stored.
+        pass
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 1 << 20
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # -- directories ----------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        cursor = await self._call(f"opendir {inode}", inode, "open_dir")
+        fh = self._new_fh()
+        self._dirs[fh] = _OpenDir(cursor)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self._dirs[fh]
+        if d.pending and d.pending_offset == start_id:
+            entries = d.pending
+        else:
+            entries = await self._run(f"readdir fh {fh}", d.cursor.entries, start_id, READDIR_BATCH)
+        offset = start_id
+        for i, (name, attr, next_id) in enumerate(entries):
+            if not pyfuse3.readdir_reply(
+                token, name.encode("utf-8", "surrogateescape"), attr, next_id
+            ):
+                d.pending, d.pending_offset = entries[i:], offset
+                return
+            offset = next_id
+        d.pending, d.pending_offset = [], -1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files ----------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        handle: FileHandle = await self._call(f"open inode {inode}", inode, "open", flags, ctx)
+        fh = self._new_fh()
+        self._files[fh] = handle
+        self.stats.opens += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        data = await self._run(f"read fh {fh} at {off}", self._files[fh].read, off, size)
+        self.stats.record(size, len(data))
+        return data
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._run(f"write fh {fh}", self._files[fh].write, off, buf)
+
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            await self._run(f"release fh {fh}", handle.release)
+
+    # -- extended attributes ----------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        values = await self._call(f"getxattr {inode}", inode, "xattrs")
+        try:
+            return values[_name(name)]
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        values = await self._call(f"listxattr {inode}", inode, "xattrs")
+        return [k.encode() for k in values]
+
+    # -- changes: nodes refuse them (EROFS) unless the write side allows ----------
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self._call(f"setxattr {inode}", inode, "setxattr", _name(name), value, ctx)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(f"removexattr {inode}", inode, "removexattr", _name(name), ctx)
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return await self._call(f"setattr {inode}", inode, "setattr", attr, fields, fh, ctx)
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        what = f"mkdir {_name(name)!r} in inode {parent_inode}"
+        return await self._call(what, parent_inode, "mkdir", _name(name), mode, ctx)
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        what = f"mknod {_name(name)!r} in inode {parent_inode}"
+        return await self._call(what, parent_inode, "mknod", _name(name), mode, rdev, ctx)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        what = f"create {_name(name)!r} in inode {parent_inode}"
+        handle, attr = await self._call(what, parent_inode, "create", _name(name), mode, flags, ctx)
+        fh = self._new_fh()
+        self._files[fh] = handle
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
+        return info, attr
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        what = f"unlink {_name(name)!r} in inode {parent_inode}"
+        await self._call(what, parent_inode, "unlink", _name(name), ctx)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        what = f"rmdir {_name(name)!r} in inode {parent_inode}"
+        await self._call(what, parent_inode, "rmdir", _name(name), ctx)
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        what = f"symlink {_name(name)!r} in inode {parent_inode}"
+        return await self._call(what, parent_inode, "symlink", _name(name), _name(target), ctx)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        what = f"rename {_name(name_old)!r} in inode {parent_inode_old}"
+        await self._call(
+            what,
+            parent_inode_old,
+            "rename",
+            _name(name_old),
+            parent_inode_new,
+            _name(name_new),
+            flags,
+            ctx,
+        )
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        what = f"link inode {inode} as {_name(new_name)!r}"
+        return await self._call(what, inode, "link", new_parent_inode, _name(new_name), ctx)
+
+
+def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
+    s = ops.stats
+    return {
+        "reads": s.reads,
+        "read_bytes": s.bytes,
+        "max_read": s.max_read,
+        "read_sizes": {str(k): v for k, v in sorted(s.sizes.items())},
+        "opens": s.opens,
+        "errors": s.errors,
+        "fetches": cache.fetches,
+        "verified_blobs": opener.verified_blobs,
+        "verified_bytes": opener.verified_bytes,
+        "verify_seconds": round(opener.verify_seconds, 3),
+        "pid": os.getpid(),
+    }
