@@ -257,15 +257,21 @@ def cmd_cache_cleanup(args: argparse.Namespace) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
-    from artfs.fs.daemon import mount_command
+    from artfs.fs.daemon import MountError, mount_command
 
-    mount_command(args)
+    try:
+        mount_command(args)
+    except MountError as e:
+        raise CliError(str(e)) from None
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
-    from artfs.fs.daemon import umount_command
+    from artfs.fs.daemon import MountError, umount_command
 
-    umount_command(args)
+    try:
+        umount_command(args)
+    except MountError as e:
+        raise CliError(str(e)) from None
 
 
 # -- parser ------------------------------------------------------------------
@@ -374,9 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=float, default=None, help="seconds to cache listings")
     p.add_argument("--debug", action="store_true")
     p.add_argument("--system", action="store_true", help="use the system service's paths")
+    p.add_argument(
+        "--via-cache",
+        action="store_true",
+        help="copy blobs of a local-directory store into the cache instead of reading the "
+        "store's files (for a store on NFS or another slow disk)",
+    )
+    p.add_argument(
+        "--read-ahead-kb", type=int, default=None, help="kernel read-ahead (default 1024)"
+    )
 
     p = add("umount", cmd_umount, "unmount and wait for the daemon to exit")
     p.add_argument("mountpoint")
+    p.add_argument("--state", help="state directory the mount was started with")
+    p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     return parser
 
 
