@@ -1,0 +1,511 @@
+"""A store in an object-store bucket: S3 (and S3-compatible services), GCS, Azure.
+
+Everything goes through obstore's synchronous API, which releases the GIL
+and is safe to call from many threads at once; the FUSE daemon calls it from
+worker threads (obstore's async API does not run under trio).
+
+Guarantees, and how they map onto the service:
+
+- create-only puts send ``If-None-Match: *``; compare-and-swap sends
+  ``If-Match: <etag>``. Some S3-compatible services ignore these headers
+  silently, so before the first write a store is probed: two create-only
+  puts of one scratch key (the second must fail) and one compare-and-swap
+  with a wrong etag (it must fail). A store that fails the probe is refused
+  for writing, with a message that says why.
+- A request that fails on a 5xx, a timeout or a dropped connection is retried
+  with exponential backoff (obstore's retries, plus ours for failures obstore
+  does not retry, such as a connection dropped halfway through a body), until
+  ``timeout`` seconds have passed since the operation began; then it raises
+  StoreError. A store that stays down fails after a bounded time, never hangs.
+- A retried conditional put may find its own first attempt already landed
+  (the answer was lost, not the write). Each conditional put carries a unique
+  token in the object's metadata; when one fails its precondition, the
+  object's metadata is read: if it holds our token, the put succeeded and
+  returns that etag. So a retry never turns a commit's own version record
+  into a conflict and a second version, and a real conflict stays one.
+- Large files upload in parts, in parallel (``max_concurrency`` parts at a
+  time). S3 has no create-only multipart upload in obstore, so a create-only
+  put of a file above ``multipart_threshold`` checks that the key is absent and
+  then uploads: put_file is for content-addressed blobs, where two writers
+  racing on one key write the same bytes.
+
+Configuration, first match wins: the ``options`` argument, the ``[object_store]``
+table of the artfs config file (any obstore store option such as ``endpoint``,
+``region``, ``access_key_id``, plus the artfs keys below), the usual
+environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, read by obstore), and for
+S3 the AWS shared files (``~/.aws/credentials`` and ``~/.aws/config``, profile
+from ``AWS_PROFILE`` or the ``profile`` option). Plain http is allowed only for
+an endpoint on loopback, or with ``allow_http = true``.
+
+artfs keys: ``timeout`` (seconds an operation may take, retries included;
+also ``ARTFS_STORE_TIMEOUT``), ``request_timeout``, ``connect_timeout``,
+``multipart_threshold``, ``part_size``, ``max_concurrency``, ``allow_http``,
+``profile``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import ipaddress
+import os
+import random
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
+
+import obstore
+from obstore import exceptions as obx
+from obstore.store import AzureStore, GCSStore, S3Store
+
+from artfs.objects.base import (
+    Listing,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StoreError,
+)
+
+T = TypeVar("T")
+
+DEFAULTS: dict[str, Any] = {
+    "timeout": 60.0,
+    "request_timeout": 60.0,
+    "connect_timeout": 5.0,
+    "multipart_threshold": 64 << 20,
+    "part_size": 16 << 20,
+    "max_concurrency": 8,
+}
+_ARTFS_KEYS = {*DEFAULTS, "allow_http", "profile"}
+_DOWNLOAD_CHUNK = 8 << 20
+_PROBE_PREFIX = ".artfs-probe/"
+_WRITE_TOKEN = "artfs-write"
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _config_file_options() -> dict[str, Any]:
+    """The ``[object_store]`` table of the artfs config file, if any."""
+    from artfs.config import config_path
+
+    path = config_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise StoreError(f"cannot read config {path}: {e}") from None
+    table = raw.get("object_store", {})
+    if not isinstance(table, dict):
+        raise StoreError(f"config {path}: [object_store] must be a table")
+    return dict(table)
+
+
+def _aws_profile(profile: str | None) -> dict[str, str]:
+    """Credentials, region and endpoint from the AWS shared files, for one profile."""
+    name = profile or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE")
+    home = Path.home()
+    creds_file = Path(
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / ".aws" / "credentials"
+    )
+    config_file = Path(os.environ.get("AWS_CONFIG_FILE") or home / ".aws" / "config")
+    section = name or "default"
+    out: dict[str, str] = {}
+
+    def read(path: Path) -> configparser.ConfigParser | None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except (OSError, configparser.Error):
+            return None
+        return parser
+
+    creds = read(creds_file)
+    if creds is not None and creds.has_section(section):
+        s = creds[section]
+        for src, dst in (
+            ("aws_access_key_id", "access_key_id"),
+            ("aws_secret_access_key", "secret_access_key"),
+            ("aws_session_token", "session_token"),
+        ):
+            if s.get(src):
+                out[dst] = s[src]
+    config = read(config_file)
+    config_section = section if section == "default" else f"profile {section}"
+    if config is not None and config.has_section(config_section):
+        s = config[config_section]
+        for src, dst in (
+            ("region", "region"),
+            ("endpoint_url", "endpoint"),
+            ("aws_access_key_id", "access_key_id"),
+            ("aws_secret_access_key", "secret_access_key"),
+            ("aws_session_token", "session_token"),
+        ):
+            if s.get(src) and dst not in out:
+                out[dst] = s[src]
+    if name and not out:
+        raise StoreError(f"AWS profile {name!r} not found in {creds_file} or {config_file}")
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _transient(e: BaseException) -> bool:
+    """Worth retrying: 5xx, timeouts, dropped or refused connections."""
+    if isinstance(
+        e,
+        obx.NotFoundError
+        | obx.AlreadyExistsError
+        | obx.PreconditionError
+        | obx.PermissionDeniedError
+        | obx.UnauthenticatedError
+        | obx.InvalidPathError
+        | obx.NotSupportedError
+        | obx.UnknownConfigurationKeyError
+        | FileNotFoundError,
+    ):
+        return False
+    text = str(e)
+    # A 4xx the service meant (bad request, range, auth) will not change on retry.
+    return not any(f"status code: 4{d}" in text for d in "0123456789")
+
+
+class CloudStore(ObjectStore):
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        scheme = url.partition("://")[0]
+        opts = _config_file_options()
+        opts.update(options or {})
+        artfs_opts = {k: opts.pop(k) for k in list(opts) if k in _ARTFS_KEYS}
+        settings = dict(DEFAULTS)
+        if os.environ.get("ARTFS_STORE_TIMEOUT"):
+            settings["timeout"] = float(os.environ["ARTFS_STORE_TIMEOUT"])
+        settings.update({k: v for k, v in artfs_opts.items() if k in DEFAULTS})
+        try:
+            self.timeout = float(settings["timeout"])
+            request_timeout = float(settings["request_timeout"])
+            connect_timeout = float(settings["connect_timeout"])
+            self.multipart_threshold = int(settings["multipart_threshold"])
+            self.part_size = max(5 << 20, int(settings["part_size"]))
+            self.max_concurrency = max(1, int(settings["max_concurrency"]))
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"bad object store option: {e}") from None
+
+        store_config = {k: str(v) if isinstance(v, int | float) else v for k, v in opts.items()}
+        endpoint = None
+        if scheme == "s3":
+            if "access_key_id" not in store_config and not os.environ.get("AWS_ACCESS_KEY_ID"):
+                for k, v in _aws_profile(artfs_opts.get("profile")).items():
+                    store_config.setdefault(k, v)
+            endpoint = (
+                store_config.get("endpoint")
+                or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL")
+                or os.environ.get("AWS_ENDPOINT")
+            )
+            if endpoint:
+                store_config["endpoint"] = endpoint
+        allow_http = artfs_opts.get("allow_http")
+        if allow_http is None:
+            allow_http = bool(endpoint) and endpoint.startswith("http://") and _loopback(endpoint)
+        self.endpoint = endpoint
+
+        client_options: dict[str, Any] = {
+            "allow_http": _as_bool(allow_http),
+            "timeout": timedelta(seconds=request_timeout),
+            "connect_timeout": timedelta(seconds=connect_timeout),
+        }
+        retry_config: dict[str, Any] = {
+            "max_retries": 10,
+            "retry_timeout": timedelta(seconds=self.timeout),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=min(5.0, max(0.2, self.timeout / 4))),
+                "base": 2,
+            },
+        }
+        kind: Any = {"s3": S3Store, "gs": GCSStore}.get(scheme, AzureStore)
+        try:
+            self._store = kind.from_url(
+                url, config=store_config, client_options=client_options, retry_config=retry_config
+            )
+        except obx.BaseError as e:
+            raise StoreError(f"cannot open store {url}: {_first_line(e)}") from None
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"cannot open store {url}: {e}") from None
+        self._probe_lock = threading.Lock()
+        self._probed: bool = False
+        self._probe_failure: str | None = None
+
+    # -- error mapping and retries ----------------------------------------
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries on transient failures, until ``timeout``.
+
+        obstore retries 5xx and connection failures itself within the same
+        window; this loop adds the failures it does not retry (a body cut off
+        halfway) and maps errors onto the store's exceptions.
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except obx.AlreadyExistsError:
+                raise PreconditionFailed(f"exists: {key}") from None
+            except obx.PreconditionError:
+                raise PreconditionFailed(f"changed since read: {key}") from None
+            except (obx.NotFoundError, FileNotFoundError):
+                raise NotFound(key) from None
+            except (obx.PermissionDeniedError, obx.UnauthenticatedError) as e:
+                raise StoreError(
+                    f"{what} {key} in {self.url}: access denied: {_first_line(e)}"
+                ) from None
+            except obx.BaseError as e:
+                if not _transient(e) or time.monotonic() + delay > deadline:
+                    raise StoreError(
+                        f"{what} {key} in {self.url} failed after {attempt} attempt(s): "
+                        f"{_first_line(e)}"
+                    ) from None
+            except OSError as e:  # local file errors during put_file
+                raise StoreError(f"{what} {key}: {e}") from None
+            time.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 5.0)
+
+    # -- the conditional-write probe ------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._probed:
+            if self._probe_failure:
+                raise StoreError(self._probe_failure)
+            return
+        with self._probe_lock:
+            if not self._probed:
+                self._probe_failure = self._probe()
+                self._probed = True
+        if self._probe_failure:
+            raise StoreError(self._probe_failure)
+
+    def _probe(self) -> str | None:
+        """None if the store honours conditional writes, else why not."""
+        key = f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
+        s = self._store
+        failure = None
+        self._call("probe", key, lambda: obstore.put(s, key, b"first", mode="create"))
+        try:
+            try:
+                self._call("probe", key, lambda: obstore.put(s, key, b"second", mode="create"))
+                failure = "If-None-Match (two create-only puts of one key both succeeded)"
+            except PreconditionFailed:
+                pass
+            if failure is None:
+                try:
+                    self._call(
+                        "probe",
+                        key,
+                        lambda: obstore.put(
+                            s, key, b"third", mode={"e_tag": '"artfs-probe-no-such-etag"'}
+                        ),
+                    )
+                    failure = "If-Match (a put with a wrong etag succeeded)"
+                except PreconditionFailed:
+                    pass
+        finally:
+            with contextlib.suppress(StoreError):
+                self._call("probe", key, lambda: obstore.delete(s, key))
+        if failure is None:
+            return None
+        return (
+            f"store {self.url} ignores conditional writes: {failure}. artfs numbers "
+            "versions and moves aliases with create-only and compare-and-swap puts, so "
+            "writing to this store could lose commits; refusing to write to it. "
+            "Use a service that supports If-None-Match and If-Match on PUT "
+            "(AWS S3, GCS, Azure, recent MinIO, Ceph RGW or SeaweedFS)."
+        )
+
+    # -- interface ----------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        return self._call("get", key, lambda: bytes(obstore.get(self._store, key).bytes()))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+
+        def fetch() -> bytes:
+            try:
+                return bytes(obstore.get_range(self._store, key, start=start, length=length))
+            except obx.GenericError as e:
+                if "status code: 416" in str(e):
+                    return b""  # start at or past the end of the object
+                raise
+
+        return self._call("get_range", key, fetch)
+
+    def download(self, key: str, out: BinaryIO) -> int:
+        """Stream the object into ``out``; a body cut off is resumed where it stopped."""
+        written = 0
+        etag: str | None = None
+
+        def stream() -> int:
+            nonlocal written, etag
+            options: dict[str, Any] = {}
+            if written:
+                options["range"] = {"offset": written}
+                options["if_match"] = etag  # resume only the same object
+            result = obstore.get(self._store, key, options=options or None)
+            if etag is None:
+                etag = result.meta.get("e_tag")
+            for chunk in result.stream(min_chunk_size=_DOWNLOAD_CHUNK):
+                out.write(chunk)
+                written += len(chunk)
+            return written
+
+        return self._call("download", key, stream)
+
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
+    ) -> str:
+        self._check_writable()
+        mode: Any = "overwrite"
+        if if_absent:
+            mode = "create"
+        elif if_match is not None:
+            mode = {"e_tag": if_match}
+        # A conditional put carries a token of its own in the object's metadata:
+        # if a retry fails its precondition, the token says whether the object
+        # there is our own earlier attempt (its answer lost) or another writer's.
+        token = uuid.uuid4().hex
+        attributes = None if mode == "overwrite" else {_WRITE_TOKEN: token}
+        try:
+            result = self._call(
+                "put",
+                key,
+                lambda: obstore.put(self._store, key, data, mode=mode, attributes=attributes),
+            )
+        except PreconditionFailed:
+            if attributes is None:
+                raise
+            etag = self._written_by(key, token)
+            if etag is None:
+                raise
+            return etag
+        return result.get("e_tag") or result.get("version") or self.head(key).etag
+
+    def _written_by(self, key: str, token: str) -> str | None:
+        """The object's etag if our write with ``token`` is the one in place."""
+        try:
+            result = self._call(
+                "head", key, lambda: obstore.get(self._store, key, options={"head": True})
+            )
+        except NotFound:
+            return None
+        if result.attributes.get(_WRITE_TOKEN) != token:
+            return None
+        meta = result.meta
+        return meta.get("e_tag") or meta.get("version") or ""
+
+    def put_file(
+        self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
+    ) -> None:
+        self._check_writable()
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise StoreError(f"cannot upload {path}: {e.strerror}") from None
+        if size <= self.multipart_threshold:
+            mode = "create" if if_absent else "overwrite"
+            self._call(
+                "put",
+                key,
+                lambda: obstore.put(self._store, key, path, mode=mode, use_multipart=False),
+            )
+            return
+        if if_absent and self.exists(key):
+            raise PreconditionFailed(f"exists: {key}")
+        self._call(
+            "put",
+            key,
+            lambda: obstore.put(
+                self._store,
+                key,
+                path,
+                use_multipart=True,
+                chunk_size=self.part_size,
+                max_concurrency=self.max_concurrency,
+            ),
+        )
+
+    def head(self, key: str) -> ObjectInfo:
+        meta = self._call("head", key, lambda: obstore.head(self._store, key))
+        return self._info(meta)
+
+    @staticmethod
+    def _info(meta: Any) -> ObjectInfo:
+        return ObjectInfo(
+            meta["path"],
+            int(meta["size"]),
+            meta.get("e_tag") or meta.get("version") or "",
+            meta["last_modified"].timestamp(),
+        )
+
+    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
+        if not delimiter:
+            return Listing(objects=sorted(self.iter_keys(prefix), key=lambda o: o.key))
+        result = self._call(
+            "list",
+            prefix,
+            lambda: obstore.list_with_delimiter(self._store, prefix or None),
+        )
+        listing = Listing()
+        for p in sorted(result["common_prefixes"]):
+            p = p.rstrip("/") + "/"
+            if not p[len(prefix) :].startswith("."):
+                listing.prefixes.append(p)
+        for meta in sorted(result["objects"], key=lambda m: m["path"]):
+            if not meta["path"][len(prefix) :].startswith("."):
+                listing.objects.append(self._info(meta))
+        return listing
+
+    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+        def collect() -> list[ObjectInfo]:
+            out = []
+            for chunk in obstore.list(self._store, prefix or None, chunk_size=1000):
+                out.extend(self._info(m) for m in chunk)
+            return out
+
+        # Collected per call so a listing cut off by a fault is retried whole.
+        yield from (
+            o for o in self._call("list", prefix, collect) if not o.key.startswith(_PROBE_PREFIX)
+        )
+
+    def delete(self, key: str) -> None:
+        self._check_writable()
+        with contextlib.suppress(NotFound):
+            self._call("delete", key, lambda: obstore.delete(self._store, key))

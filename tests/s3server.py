@@ -1,0 +1,195 @@
+"""A real S3 server for the tests: SeaweedFS (``weed mini``) on 127.0.0.1.
+
+``s3server`` starts one server for the whole session, on free ports, with
+small volumes, and stops it by its PID at the end. It exports the AWS_*
+environment (explicit credentials, endpoint on loopback, no instance-metadata
+endpoint) so that artfs, in this process and in CLI subprocesses, talks to it
+and to nothing else. ``s3_url`` gives each test a fresh store of its own: a
+new prefix in the session's bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ACCESS_KEY = "artfs-test"
+SECRET_KEY = "artfs-test-secret"
+BUCKET = "artfs"
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    return str(candidate) if candidate.exists() else "weed"
+
+
+@dataclass
+class S3Server:
+    port: int
+    pid: int
+    data_dir: Path
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
+    bucket: str = BUCKET
+    region: str = REGION
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, prefix: str | None = None) -> str:
+        return f"s3://{self.bucket}/{prefix or 't' + uuid.uuid4().hex[:12]}"
+
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
+        """AWS_* variables that point artfs at this server (or ``endpoint``)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": endpoint or self.endpoint,
+            # Never ask an instance-metadata service for credentials.
+            "AWS_METADATA_ENDPOINT": "http://127.0.0.1:9",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+def start_seaweedfs(
+    data_dir: Path, *, volume_size_mb: int = 64, max_volumes: int = 100, timeout: float = 60
+) -> tuple[S3Server, subprocess.Popen]:
+    """Start ``weed mini`` bound to 127.0.0.1 on free ports; returns once S3 answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        )
+    }
+    args = [
+        weed_binary(),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        *(f"-{k}={v}" for k, v in ports.items()),
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-master.volumeSizeLimitMB={volume_size_mb}",
+        f"-volume.max={max_volumes}",
+        f"-bucket={BUCKET}",
+    ]
+    env = dict(os.environ)
+    # weed mini makes an admin identity from these.
+    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        args,
+        cwd=data_dir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    server = S3Server(ports["s3.port"], proc.pid, data_dir)
+    try:
+        _wait_ready(server, proc, timeout)
+    except BaseException:
+        stop_seaweedfs(proc)
+        raise
+    return server, proc
+
+
+def _wait_ready(server: S3Server, proc: subprocess.Popen, timeout: float) -> None:
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(
+        server.bucket,
+        endpoint=server.endpoint,
+        access_key_id=server.access_key,
+        secret_access_key=server.secret_key,
+        region=server.region,
+        client_options={"allow_http": True, "timeout": "5s"},
+        retry_config={"max_retries": 0},
+    )
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    key = f"ready/{uuid.uuid4().hex}"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (server.data_dir / "weed.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{log}")
+        try:
+            obstore.put(store, key, b"ready")
+            obstore.delete(store, key)
+            return
+        except Exception as e:  # not up yet
+            last = e
+            time.sleep(0.3)
+    raise RuntimeError(f"SeaweedFS S3 on port {server.port} not ready in {timeout}s: {last}")
+
+
+def stop_seaweedfs(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def s3server(tmp_path_factory: pytest.TempPathFactory):
+    server, proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        stop_seaweedfs(proc)
+
+
+@pytest.fixture
+def s3_url(s3server: S3Server) -> str:
+    """A fresh, empty store for this test: its own prefix in the session's bucket."""
+    return s3server.url()
