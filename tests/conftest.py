@@ -14,14 +14,18 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
+from tests.s3server import s3_url, s3server  # noqa: F401 - fixtures
 
-STORE_KINDS = ["local"]
+# ARTFS_TEST_STORES=local runs only the local backend (e.g. for a quick loop).
+STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local").split(",")
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
+    if request.param == "s3":
+        return request.getfixturevalue("s3_url")
     raise AssertionError(f"unknown store kind {request.param}")
 
 

@@ -66,10 +66,13 @@ def test_compare_and_swap_needs_the_current_etag(store: ObjectStore) -> None:
     with pytest.raises(PreconditionFailed):
         store.put("c.json", b"3", if_match=first)
     assert store.get("c.json") == b"2"
-    # Same length, same content, written again: still a new etag.
+    # Same length, same content, written again: still a new etag on a local
+    # store. On S3 an etag is the content's MD5, so it stays: harmless, since
+    # a compare-and-swap then compares the very bytes the caller read.
     third = store.put("c.json", b"2", if_match=second)
-    with pytest.raises(PreconditionFailed):
-        store.put("c.json", b"4", if_match=second)
+    if isinstance(store, LocalStore):
+        with pytest.raises(PreconditionFailed):
+            store.put("c.json", b"4", if_match=second)
     assert store.head("c.json").etag == third
 
 
