@@ -1,0 +1,130 @@
+"""Real mounts for tests: ``artfs mount`` in the background, always unmounted.
+
+    with mounted(tmp_path / "mnt", store_url=..., cache_dir=..., state_dir=...) as m:
+        (m.path / "proj/ds/latest/a.txt").read_text()
+
+The mount is made by the real CLI (so readiness, daemonizing and logging are
+what users get) and undone in ``finally`` by ``artfs umount``; if that
+fails, the mount is detached and the daemon this mount started is killed by
+its pid, so a failing test never leaves a mount or a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from artfs.fs.daemon import mount_files, mounted_fs_type, process_alive, wait_for_exit
+
+
+@dataclass
+class Mount:
+    path: Path
+    pid: int
+    log: Path
+    state_dir: Path
+    env: dict[str, str] = field(repr=False)
+
+    def stats(self) -> dict[str, Any]:
+        """The daemon's counters: reads, request sizes, cache fetches, verifications."""
+        return json.loads(os.getxattr(self.path, "user.artfs.stats"))
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def artfs_cli(
+    *args: str, env: dict[str, str], timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "artfs.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"artfs {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def start_mount(
+    mountpoint: Path,
+    *,
+    store_url: str,
+    cache_dir: Path,
+    state_dir: Path,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> Mount:
+    """Run ``artfs mount``; the caller must ``stop_mount`` (``mounted`` does)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    env = dict(env if env is not None else os.environ)
+    env.setdefault("ARTFS_CONFIG", str(state_dir / "config.toml"))
+    proc = artfs_cli(
+        "mount",
+        str(mountpoint),
+        "--store",
+        store_url,
+        "--cache",
+        str(cache_dir),
+        "--state",
+        str(state_dir),
+        *args,
+        env=env,
+        timeout=90,
+    )
+    pid_file, log_file = mount_files(state_dir, mountpoint.absolute())
+    if proc.returncode != 0:
+        log = log_file.read_text(errors="replace") if log_file.exists() else "(no log)"
+        raise AssertionError(f"artfs mount exited {proc.returncode}:\n{proc.stderr}\nlog:\n{log}")
+    pid = int(pid_file.read_text())
+    return Mount(mountpoint.absolute(), pid, log_file, state_dir, env)
+
+
+def stop_mount(m: Mount) -> None:
+    """Unmount and make sure the daemon is gone, whatever state the mount is in."""
+    try:
+        if mounted_fs_type(m.path) is not None:
+            proc = artfs_cli("umount", str(m.path), "--state", str(m.state_dir), env=m.env)
+            if proc.returncode != 0:
+                subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+    finally:
+        if not wait_for_exit(m.pid, 10) and process_alive(m.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(m.pid, signal.SIGKILL)
+            wait_for_exit(m.pid, 10)
+        if mounted_fs_type(m.path) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(
+    mountpoint: Path,
+    *,
+    store_url: str,
+    cache_dir: Path,
+    state_dir: Path,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> Iterator[Mount]:
+    m = start_mount(
+        mountpoint,
+        store_url=store_url,
+        cache_dir=cache_dir,
+        state_dir=state_dir,
+        env=env,
+        args=args,
+    )
+    try:
+        yield m
+    finally:
+        stop_mount(m)
