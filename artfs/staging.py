@@ -710,7 +710,7 @@ class StagingArea:
 
     def _truncate_handle(self, h: StagedFile, size: int) -> None:
         if h.control is not None:
-            self._truncate_control(h.control, size)
+            self.truncate_control(h.control, size)
             return
         with self._lock:
             assert h.fd is not None
@@ -775,7 +775,7 @@ class StagingArea:
         fd = os.open(self.control / name, os.O_RDWR if writable else os.O_RDONLY)
         h = StagedFile(self, name, fd, None, writable=writable, control=name)
         if flags & os.O_TRUNC:
-            self._truncate_control(name, 0)
+            self.truncate_control(name, 0)
         return h
 
     def read_control(self, name: str) -> str:
@@ -798,7 +798,7 @@ class StagingArea:
                 self._apply_base(text)
             return os.pwrite(h.fd, data, offset)
 
-    def _truncate_control(self, name: str, size: int) -> None:
+    def truncate_control(self, name: str, size: int) -> None:
         with self._lock:
             path = self.control / name
             if name == BASE:
@@ -809,7 +809,7 @@ class StagingArea:
         """``rm staging/.description``: the control file becomes empty."""
         if name in (STATUS, COMMIT):
             raise StagingError(errno.EPERM, f"{name} cannot be removed")
-        self._truncate_control(name, 0)
+        self.truncate_control(name, 0)
 
     def status(self) -> str:
         try:

@@ -30,7 +30,9 @@ import trio
 from artfs.config import Settings, load_settings
 from artfs.fs.files import BlobOpener
 from artfs.fs.nodes import XATTR_PREFIX, InodeTable, MountContext
+from artfs.fs.notify import sd_notify, with_systemd
 from artfs.fs.operations import Operations, stats_of
+from artfs.fs.writes import install as install_writes
 from artfs.objects import ObjectStore, open_store
 from artfs.objects.base import Listing, ObjectInfo
 from artfs.repo import Repo
@@ -233,6 +235,7 @@ async def _serve(cfg: MountConfig, ops: Operations, notify: Callable[[str], None
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("got %s: unmounting", signal.Signals(signum).name)
+                sd_notify("STOPPING=1")
                 pyfuse3.terminate()
                 return
 
@@ -261,6 +264,7 @@ async def _serve(cfg: MountConfig, ops: Operations, notify: Callable[[str], None
 def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
     """Mount and serve until unmounted or signalled; returns the exit status."""
     _setup_logging(cfg)
+    notify = with_systemd(notify)
     log.info(
         "starting: store %s, cache %s, ttl %ss%s",
         cfg.settings.store,
@@ -282,6 +286,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
             started=time.time(),
         )
         table = InodeTable(ctx)
+        staging = install_writes(table, cfg.settings.state_dir)
         ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS))
         table.stats = lambda: stats_of(ops, ctx.opener, repo.cache)
         pyfuse3.init(ops, str(cfg.mountpoint), _fuse_options(cfg))
@@ -299,6 +304,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         status = 1
     finally:
         pyfuse3.close(unmount=True)
+        staging.close()
         with contextlib.suppress(OSError):
             if cfg.pid_file.read_text().strip() == str(os.getpid()):
                 cfg.pid_file.unlink()

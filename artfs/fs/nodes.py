@@ -214,7 +214,9 @@ class ListingNode(Node):
 class RootNode(ListingNode):
     def list_children(self) -> dict[str, Node]:
         return {
-            p.name: self.table.intern(("project", p.name), ProjectNode, p.name, p.created)
+            p.name: self.table.intern(
+                ("project", p.name), self.table.project_class, p.name, p.created
+            )
             for p in self.ctx.repo.projects()
         }
 
@@ -243,7 +245,9 @@ class ProjectNode(ListingNode):
         except NotFoundError:
             return {}
         return {
-            a.name: self.table.intern(("artifact", self.name, a.name), ArtifactNode, self, a)
+            a.name: self.table.intern(
+                ("artifact", self.name, a.name), self.table.artifact_class, self, a
+            )
             for a in artifacts
         }
 
@@ -506,6 +510,9 @@ class InodeTable:
         # Extra names inside every artifact directory: the write side
         # replaces the placeholder with real staging (and adds drafts).
         self.artifact_extras: dict[str, NodeFactory] = {"staging": StagingPlaceholder}
+        # The write side (fs/writes.py) swaps in node types that take changes.
+        self.project_class: NodeFactory = ProjectNode
+        self.artifact_class: NodeFactory = ArtifactNode
         self.stats: Callable[[], dict[str, Any]] = dict
 
     def intern(self, key: tuple, factory: NodeFactory, *args: Any) -> Node:
@@ -518,6 +525,11 @@ class InodeTable:
                 self._by_key[key] = node
                 self._nodes[node.inode] = node
             return node
+
+    def replace_root(self, root: RootNode) -> None:
+        with self._lock:
+            self.root = root
+            self._nodes[ROOT_INODE] = root
 
     def get(self, inode: int) -> Node:
         index = inode >> TREE_SHIFT

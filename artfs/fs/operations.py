@@ -186,6 +186,16 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return await self._run(f"write fh {fh}", self._files[fh].write, off, buf)
 
+    async def flush(self, fh: int) -> None:
+        flush = getattr(self._files.get(fh), "flush", None)
+        if flush is not None:
+            await self._run(f"flush fh {fh}", flush)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        fsync = getattr(self._files.get(fh), "fsync", None)
+        if fsync is not None:
+            await self._run(f"fsync fh {fh}", fsync, datasync)
+
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
         if handle is not None:
