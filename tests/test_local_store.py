@@ -149,3 +149,22 @@ def test_local_moved_file_counts_as_new(tmp_path: Path) -> None:
     os.utime(src, (0, 0))
     store.put_file("blobs/aa/old", src, move=True)
     assert store.head("blobs/aa/old").mtime > 1e9
+
+
+def test_put_files_in_one_call(store: ObjectStore, tmp_path: Path) -> None:
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(f"bytes {i}".encode() * 1000)
+        paths.append(p)
+    store.put("blobs/00/f1", b"already here")
+    done: list[int] = []
+    written = store.put_files(
+        [(f"blobs/00/f{i}", p) for i, p in enumerate(paths)], if_absent=True, progress=done.append
+    )
+    assert written == [True, False, True, True, True]
+    assert sorted(done) == sorted(p.stat().st_size for p in paths)
+    assert store.get("blobs/00/f1") == b"already here"
+    for i in (0, 2, 3, 4):
+        assert store.get(f"blobs/00/f{i}") == paths[i].read_bytes()
+    assert all(p.exists() for p in paths)

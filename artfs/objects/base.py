@@ -9,10 +9,13 @@ still the one the caller read (its etag).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+PUT_WORKERS = 8
 
 
 class StoreError(Exception):
@@ -78,6 +81,36 @@ class ObjectStore(abc.ABC):
     ) -> None:
         """Upload a local file. ``move`` lets a backend on the same filesystem
         take the file instead of copying it (the file is gone afterwards)."""
+
+    def put_files(
+        self,
+        items: Sequence[tuple[str, Path]],
+        *,
+        if_absent: bool = False,
+        move: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[bool]:
+        """Upload many local files, as ``put_file`` each, concurrently.
+
+        Returns per item whether it was written (False: ``if_absent`` found the
+        key taken). Every object is durable when this returns. ``progress`` is
+        called with each file's size when it is done. Backends may batch.
+        """
+
+        def one(item: tuple[str, Path]) -> bool:
+            key, path = item
+            size = path.stat().st_size
+            try:
+                self.put_file(key, path, if_absent=if_absent, move=move)
+                return True
+            except PreconditionFailed:
+                return False
+            finally:
+                if progress:
+                    progress(size)
+
+        with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
+            return list(pool.map(one, items))
 
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:

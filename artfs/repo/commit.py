@@ -27,6 +27,8 @@ from artfs.repo.registry import Repo
 
 UPLOAD_WORKERS = 8
 HASH_WORKERS = 4
+_CHECK_CHUNK = 256
+_HASH_CHUNK = 64
 Progress = Callable[[int], None]
 
 
@@ -47,12 +49,17 @@ def hash_files(
             os.close(fd)
         return path, disk, digest, size, bool(st.st_mode & 0o100)
 
+    def some(chunk: list[tuple[str, Path]]) -> list[tuple[str, Path, str, int, bool]]:
+        return [one(item) for item in chunk]
+
+    chunks = [files[i : i + _HASH_CHUNK] for i in range(0, len(files), _HASH_CHUNK)]
     with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
-        for path, disk, digest, size, executable in pool.map(one, files):
-            builder.add_file(path, size, digest, executable=executable)
-            sources.setdefault(digest, disk)
+        for done in pool.map(some, chunks):
+            for path, disk, digest, size, executable in done:
+                builder.add_file(path, size, digest, executable=executable)
+                sources.setdefault(digest, disk)
             if progress:
-                progress(size)
+                progress(sum(d[3] for d in done))
     return sources
 
 
@@ -111,7 +118,11 @@ def commit_tree(
                 f"{len(absent)} blobs are neither staged nor in the store, e.g. {absent[0]}"
             )
     uploaded, reused = _upload_blobs(
-        repo, {d: sources[d] for d in needed if d in sources}, move=move, progress=progress
+        repo,
+        {d: sources[d] for d in needed if d in sources},
+        move=move,
+        progress=progress,
+        sizes=needed,
     )
 
     with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
@@ -155,28 +166,36 @@ def commit_tree(
 
 
 def _upload_blobs(
-    repo: Repo, sources: Mapping[str, Path], *, move: bool, progress: Progress | None
+    repo: Repo,
+    sources: Mapping[str, Path],
+    *,
+    move: bool,
+    progress: Progress | None,
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Upload the blobs the store lacks. Returns (uploaded, already there)."""
-
-    def one(digest: str) -> bool:
-        key = layout.blob_key(digest)
-        source = sources[digest]
-        size = source.stat().st_size
-        try:
-            if repo.store.exists(key):
-                return False
-            repo.store.put_file(key, source, if_absent=True, move=move)
-            return True
-        except PreconditionFailed:
-            return False  # another writer stored the same bytes first
-        finally:
-            if progress:
-                progress(size)
-
     digests = list(sources)
+    store = repo.store
+
+    def stored(chunk: list[str]) -> list[bool]:
+        return [store.exists(layout.blob_key(d)) for d in chunk]
+
+    # Chunks, not one task per blob: a pool's own cost per task is more than
+    # a local stat, while a remote store still gets its checks in parallel.
+    chunks = [digests[i : i + _CHECK_CHUNK] for i in range(0, len(digests), _CHECK_CHUNK)]
     with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
-        results = list(pool.map(one, digests))
-    uploaded = [d for d, new in zip(digests, results, strict=True) if new]
-    reused = [d for d, new in zip(digests, results, strict=True) if not new]
+        present = [p for chunk in pool.map(stored, chunks) for p in chunk]
+    reused = [d for d, p in zip(digests, present, strict=True) if p]
+    missing = [d for d, p in zip(digests, present, strict=True) if not p]
+    if progress and reused:
+        progress(sum(sizes[d] if sizes else sources[d].stat().st_size for d in reused))
+    written = store.put_files(
+        [(layout.blob_key(d), sources[d]) for d in missing],
+        if_absent=True,
+        move=move,
+        progress=progress,
+    )
+    uploaded = [d for d, new in zip(missing, written, strict=True) if new]
+    # Not written: another writer stored the same bytes first.
+    reused += [d for d, new in zip(missing, written, strict=True) if not new]
     return uploaded, reused

@@ -1,0 +1,172 @@
+"""Helpers shared by the benchmarks: trees to test with, a ``cp -r`` baseline
+measured in the same run, cold page caches, and one way to print a figure.
+
+Every benchmark prints figures and ratios and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path("/tmp/artfs-bench")
+
+
+def parse_size(text: str) -> int:
+    """'1G', '4K', '1GiB', '4096' -> bytes (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    mult = units.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="where data goes (emptied)")
+    p.add_argument(
+        "--warm", action="store_true", help="do not drop the page cache before each measurement"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the data afterwards")
+    return p
+
+
+# -- trees --------------------------------------------------------------------
+
+
+def _file_path(root: Path, i: int, per_dir: int) -> Path:
+    return root / f"d{i // per_dir:04d}" / f"f{i:07d}.bin"
+
+
+def make_tree(root: Path, files: int, size: int, *, per_dir: int = 1000) -> int:
+    """``files`` files of ``size`` random (incompressible, all distinct) bytes,
+    at most ``per_dir`` to a directory. Returns the bytes written."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        p = _file_path(root, i, per_dir)
+        if i % per_dir == 0:
+            p.parent.mkdir(exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(os.urandom(size))
+    return files * size
+
+
+def change_files(root: Path, files: int, fraction: float, *, per_dir: int = 1000) -> list[Path]:
+    """Rewrite every ``1/fraction``-th file with new bytes of the same size."""
+    count = round(files * fraction)
+    step = files / count if count else 0
+    changed = []
+    for k in range(count):
+        p = _file_path(root, int(k * step), per_dir)
+        size = p.stat().st_size
+        with open(p, "wb") as f:
+            f.write(os.urandom(size))
+        changed.append(p)
+    return changed
+
+
+def tree_bytes(root: Path) -> int:
+    return sum((Path(d) / f).lstat().st_size for d, _, names in os.walk(root) for f in names)
+
+
+# -- measuring ----------------------------------------------------------------
+
+
+def drop_caches(enabled: bool = True) -> bool:
+    """Write back dirty pages and drop the page cache, so reads come from disk.
+    Needs root; returns whether it happened."""
+    if not enabled:
+        return False
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cp_r(src: Path, dest: Path, *, sync: bool = False) -> float:
+    """Seconds for ``cp -r src dest`` (plus ``sync`` when asked); dest is removed first."""
+    shutil.rmtree(dest, ignore_errors=True)
+
+    def run() -> None:
+        subprocess.run(["cp", "-r", str(src), str(dest)], check=True)
+        if sync:
+            os.sync()
+
+    return timed(run)
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def artfs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "artfs.cli", *args]
+
+
+@dataclass
+class Figure:
+    label: str
+    seconds: float
+    nbytes: int | None = None
+    baseline: float | None = None
+    baseline_label: str = "cp -r"
+
+    def line(self) -> str:
+        parts = [f"{self.label:<44} {self.seconds:8.2f} s"]
+        if self.nbytes:
+            parts.append(f"{self.nbytes / self.seconds / (1 << 20):8.1f} MiB/s")
+        if self.baseline:
+            parts.append(f"{self.seconds / self.baseline:6.2f}x {self.baseline_label}")
+        return "  ".join(parts)
+
+
+def report(
+    label: str,
+    seconds: float,
+    *,
+    nbytes: int | None = None,
+    baseline: float | None = None,
+    baseline_label: str = "cp -r",
+) -> Figure:
+    """Print one figure: time, throughput, and its ratio to the baseline (>1 is slower)."""
+    fig = Figure(label, seconds, nbytes, baseline, baseline_label)
+    print(fig.line(), flush=True)
+    return fig
+
+
+@contextlib.contextmanager
+def workdir(path: Path, keep: bool = False) -> Iterator[Path]:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
