@@ -19,6 +19,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from artfs import names
 from artfs.cache import CleanupResult
 from artfs.config import Settings, load_settings
 from artfs.digest import digest_file
-from artfs.manifest import ManifestBuilder, scan_tree
+from artfs.manifest import Entry, ManifestBuilder, scan_tree
 from artfs.objects import open_store
 from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files
 
 Progress = Callable[[int], None]
+PLACE_WORKERS = 8
+_PLACE_CHUNK = 16
 PhaseProgress = Callable[[str, int], Progress | None]
 
 
@@ -251,6 +254,7 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
     """
     manifest = repo.manifest(version)
     dest.mkdir(parents=True, exist_ok=True)
+    files = []
     for path, e in manifest.walk():
         target = dest / path
         if e.is_dir:
@@ -263,14 +267,29 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
             _remove(target)
             os.symlink(e.target, target)  # type: ignore[arg-type]
         else:
+            files.append((target, e))
+
+    def place(chunk: list[tuple[Path, Entry]]) -> int:
+        for target, e in chunk:
             assert e.digest is not None
             if not _holds(target, e.size, e.digest, repo.cache.path(e.digest)):
                 _place_file(repo.cache.ensure(e.digest), target, e.executable)
-            elif bool(target.stat().st_mode & 0o100) != e.executable:
-                with contextlib.suppress(PermissionError):
+                continue
+            st = target.stat()
+            if bool(st.st_mode & 0o100) != e.executable:
+                if st.st_nlink > 1:  # shared with the cache: never chmod it
+                    _place_file(repo.cache.ensure(e.digest), target, e.executable)
+                else:
                     os.chmod(target, 0o755 if e.executable else 0o644)
+        return sum(e.size for _, e in chunk)
+
+    # Fetches from a remote store and cache fsyncs overlap; chunks keep the
+    # pool's own cost per file small.
+    chunks = [files[i : i + _PLACE_CHUNK] for i in range(0, len(files), _PLACE_CHUNK)]
+    with ThreadPoolExecutor(max_workers=PLACE_WORKERS) as pool:
+        for done in pool.map(place, chunks):
             if progress:
-                progress(e.size)
+                progress(done)
 
 
 def _holds(target: Path, size: int, digest: str, cached: Path) -> bool:

@@ -382,3 +382,22 @@ def test_local_config_chain(run_artfs, clean_env: dict[str, str], tmp_path: Path
     config.write_text("store = [unclosed")
     bad = run_artfs("ls", check=False, env=clean_env)
     assert bad.returncode == 2 and "cannot read config" in bad.stderr
+
+
+def test_get_over_a_version_with_other_exec_bits_keeps_the_cache_intact(
+    run_artfs, artfs_env: dict[str, str], tmp_path: Path
+) -> None:
+    src = make_tree(tmp_path / "src", {"tool": "#!/bin/sh\n", "data": "d"})
+    run_artfs("put", str(src), "-n", "proj/ds")
+    out = tmp_path / "out"
+    run_artfs("get", "proj/ds:v0", "--root", str(out))
+    assert (out / "tool").stat().st_nlink == 2  # linked from the cache
+    (src / "tool").chmod(0o755)
+    run_artfs("put", str(src), "-n", "proj/ds")
+    run_artfs("get", "proj/ds:v1", "--root", str(out))
+    assert (out / "tool").stat().st_mode & 0o111 == 0o111
+    cached = [p for p in (Path(artfs_env["ARTFS_CACHE"]) / "blobs").rglob("xxh128:*")]
+    assert cached and all(p.stat().st_mode & 0o777 == 0o444 for p in cached)
+    run_artfs("get", "proj/ds:v0", "--root", str(out))
+    assert (out / "tool").stat().st_mode & 0o111 == 0
+    assert read_tree(out) == {"tool": ("f", b"#!/bin/sh\n", False), "data": ("f", b"d", False)}
