@@ -118,7 +118,8 @@ def cmd_put(args: argparse.Namespace) -> None:
     else:
         print(
             f"stored {v.file_count} files, {_fmt_size(v.size)}; "
-            f"{result.new_blobs} new blobs ({_fmt_size(result.new_bytes)})",
+            f"{result.new_blobs} new {'blob' if result.new_blobs == 1 else 'blobs'} "
+            f"({_fmt_size(result.new_bytes)})",
             file=sys.stderr,
         )
     print(v.ref)
