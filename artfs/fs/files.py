@@ -13,6 +13,7 @@ import errno
 import os
 import threading
 import time
+from collections import OrderedDict
 from typing import Protocol
 
 from artfs.cache import BlobCache, BlobError
@@ -41,10 +42,12 @@ EMPTY = _Empty()
 
 
 class FileHandle:
-    """One open file. Methods block; the mount calls them from worker threads."""
+    """One open file. Methods block; the mount calls them from worker threads,
+    except ``release`` when ``release_blocks`` is False."""
 
     keep_cache = False
     direct_io = False
+    release_blocks = True
 
     def read(self, offset: int, length: int) -> bytes:
         raise OSError(errno.EBADF, "not open for reading")
@@ -60,15 +63,84 @@ class VersionFileHandle(FileHandle):
     """A file of a version tree: immutable, so the page cache may keep it across opens."""
 
     keep_cache = True
+    release_blocks = False
 
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, reader: Reader, pool: ReaderPool | None = None, inode: int = 0) -> None:
         self.reader = reader
+        self._pool = pool
+        self._inode = inode
 
     def read(self, offset: int, length: int) -> bytes:
         return self.reader.read(offset, length)
 
     def release(self) -> None:
-        self.reader.close()
+        if self._pool is not None:
+            self._pool.release(self._inode)
+
+
+class ReaderPool:
+    """Readers shared by all opens of one file, and kept a while after the last close.
+
+    Opening a blob costs a worker thread round trip (and, for a local store,
+    a stat); a program that opens the same files again and again (a data
+    loader, epoch after epoch) gets the reader back without leaving the
+    event loop. Idle readers still pin their blobs in the cache, so only
+    ``idle_max`` of them are kept. Thread-safe; nothing here blocks.
+    """
+
+    def __init__(self, idle_max: int = 256) -> None:
+        self.idle_max = idle_max
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[Reader, int]] = {}  # inode -> (reader, opens)
+        self._idle: OrderedDict[int, Reader] = OrderedDict()
+
+    def acquire(self, inode: int) -> Reader | None:
+        with self._lock:
+            if inode in self._open:
+                reader, n = self._open[inode]
+                self._open[inode] = (reader, n + 1)
+                return reader
+            reader = self._idle.pop(inode, None)
+            if reader is not None:
+                self._open[inode] = (reader, 1)
+            return reader
+
+    def add(self, inode: int, reader: Reader) -> Reader:
+        """Register a freshly opened reader; returns the one to use (another
+        open may have raced us to it)."""
+        with self._lock:
+            if inode in self._open:
+                existing, n = self._open[inode]
+                self._open[inode] = (existing, n + 1)
+                extra = reader
+            else:
+                self._open[inode] = (reader, 1)
+                existing, extra = reader, None
+        if extra is not None:
+            extra.close()
+        return existing
+
+    def release(self, inode: int) -> None:
+        evicted = []
+        with self._lock:
+            reader, n = self._open[inode]
+            if n > 1:
+                self._open[inode] = (reader, n - 1)
+                return
+            del self._open[inode]
+            self._idle[inode] = reader
+            while len(self._idle) > self.idle_max:
+                evicted.append(self._idle.popitem(last=False)[1])
+        for r in evicted:
+            r.close()
+
+    def close(self) -> None:
+        with self._lock:
+            readers = [r for r, _ in self._open.values()] + list(self._idle.values())
+            self._open.clear()
+            self._idle.clear()
+        for r in readers:
+            r.close()
 
 
 class BlobOpener:

@@ -23,14 +23,14 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pyfuse3
 
 from artfs import names
-from artfs.fs.files import EMPTY, BlobOpener, FileHandle, VersionFileHandle
+from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, ROOT_ID, Entry, Manifest
 from artfs.repo import NotFoundError, Repo, Version
 from artfs.repo.records import Artifact
@@ -59,6 +59,7 @@ class MountContext:
     uid: int
     gid: int
     started: float
+    readers: ReaderPool = field(default_factory=ReaderPool)
 
 
 def make_attr(
@@ -459,7 +460,11 @@ class VersionNode(Node):
         assert self.entry.digest is not None
         if self.entry.size == 0:
             return VersionFileHandle(EMPTY)
-        return VersionFileHandle(self.ctx.opener.open(self.entry.digest, self.entry.size))
+        pool = self.ctx.readers
+        reader = pool.acquire(self.inode)
+        if reader is None:
+            reader = pool.add(self.inode, self.ctx.opener.open(self.entry.digest, self.entry.size))
+        return VersionFileHandle(reader, pool, self.inode)
 
     def xattrs(self) -> dict[str, bytes]:
         if self.entry.is_file:
