@@ -506,7 +506,9 @@ class StagingArea:
             fd = os.open(self._upper(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, mode & 0o777)
             os.fchmod(fd, mode & 0o777)
             self._mark_created(path)
-            return self._handle(path, fd, writable=True)
+            h = self._handle(path, fd, writable=True)
+            h.wrote = True  # an empty file is hashed too: by its empty hasher
+            return h
 
     def mkdir(self, path: str, mode: int = 0o755) -> Attr:
         with self._lock:
@@ -940,6 +942,12 @@ class StagingArea:
                 builder.add_file(path, st.st_size, digest, executable=bool(st.st_mode & 0o100))
                 known.setdefault(digest, self._upper(path))
         sources = {**known, **hash_files(unknown, builder)}
+        log.info(
+            "commit of %s: %d files hashed as written, %d hashed now",
+            self.ref,
+            len(files) - len(unknown),
+            len(unknown),
+        )
         tree = builder.tree_digest()
 
         try:

@@ -205,11 +205,38 @@ class StagedDir(Node):
     def link(self, *args: Any) -> Any:
         raise fuse_error(errno.EPERM)
 
+    def setxattr(self, name: str, value: bytes, ctx: Any) -> None:
+        # Versions keep no extended attributes (nor ACLs): say so, and cp -a
+        # and rsync -X carry on without them.
+        raise fuse_error(errno.ENOTSUP)
+
+    def removexattr(self, name: str, ctx: Any) -> None:
+        raise fuse_error(errno.ENOTSUP)
+
     def mknod(self, *args: Any) -> Any:
         raise fuse_error(errno.EPERM)
 
 
 _nodes_lock = threading.RLock()
+INVALIDATE_WAIT = 2.0
+
+
+def _invalidate_now(parent_inode: int, names: list[str]) -> None:
+    """Drop the kernel's entries for ``names``, waiting a little for it.
+
+    Only for a directory whose lock the current request does not hold (the
+    artifact directory during a commit); a thread keeps a stuck kernel from
+    holding the request forever.
+    """
+
+    def run() -> None:
+        for name in names:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(parent_inode, name.encode())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(INVALIDATE_WAIT)
 
 
 def _counter() -> Iterator[int]:
@@ -296,8 +323,11 @@ class StagingNode(StagedDir):
             self._kids.clear()
         for name in names:
             pyfuse3.invalidate_entry_async(self.inode, name.encode(), ignore_enoent=True)
+        # The kernel may hold "no such name" for the new version from before:
+        # drop that before the touch returns, so the version shows at once.
+        v = result.version
+        _invalidate_now(self.artifact.inode, [v.name, "latest", *v.aliases])
         self.artifact.refresh()
-        del result
 
     def xattrs(self) -> dict[str, bytes]:
         with reasons(f"getxattr {self.describe()}"):
@@ -405,6 +435,9 @@ class ControlNode(Node):
         # .status changes with every commit, and a stale size would cut it short.
         out.attr_timeout = out.entry_timeout = 0 if self.name == STATUS else STAGING_TTL
         return out
+
+    def setxattr(self, name: str, value: bytes, ctx: Any) -> None:
+        raise fuse_error(errno.ENOTSUP)
 
     def open(self, flags: int, ctx: Any) -> FileHandle:
         if self.name == COMMIT:
