@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,43 @@ def test_put_files_in_one_call(store: ObjectStore, tmp_path: Path) -> None:
     for i in (0, 2, 3, 4):
         assert store.get(f"blobs/00/f{i}") == paths[i].read_bytes()
     assert all(p.exists() for p in paths)
+
+
+def test_local_sweeps_temp_files_a_killed_writer_left(tmp_path: Path) -> None:
+    LocalStore(tmp_path / "s")
+    tmp_dir = tmp_path / "s" / ".tmp"
+    (tmp_dir / "stale").write_bytes(b"x")
+    os.utime(tmp_dir / "stale", (0, 0))
+    (tmp_dir / "in-use").write_bytes(b"y")
+    LocalStore(tmp_path / "s")
+    assert os.listdir(tmp_dir) == ["in-use"]
+
+
+def test_local_every_create_and_swap_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object's bytes and its directory entry are on disk before put returns."""
+    store = LocalStore(tmp_path / "s")
+    synced: list[tuple[int, bool]] = []  # (inode, is a directory)
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_ino, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    root = tmp_path / "s"
+    for kwargs in ({"if_absent": True}, {}):
+        synced.clear()
+        etag = store.put("p/a/x.json", b"{}", **kwargs)
+        obj = (root / "p/a/x.json").stat()
+        assert (obj.st_ino, False) in synced, kwargs
+        assert ((root / "p/a").stat().st_ino, True) in synced, kwargs
+    synced.clear()
+    store.put("p/a/x.json", b"{1}", if_match=etag)
+    assert ((root / "p/a/x.json").stat().st_ino, False) in synced
+    assert ((root / "p/a").stat().st_ino, True) in synced
+    synced.clear()
+    store.delete("p/a/x.json")
+    assert ((root / "p/a").stat().st_ino, True) in synced

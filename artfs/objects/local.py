@@ -67,6 +67,7 @@ def _copy(src: int, dst: int) -> None:
 
 
 _BATCH_FILES = 2048
+_TMP_ABANDONED = 24 * 3600.0
 _STAGE_CHUNK = 32
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -105,6 +106,16 @@ class LocalStore(ObjectStore):
             (self.root / ".tmp").mkdir(exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot use {self.root} as a store: {e.strerror}") from e
+        self._sweep_tmp()
+
+    def _sweep_tmp(self) -> None:
+        """Remove temporary files a killed writer left, once they are surely abandoned."""
+        cutoff = time.time() - _TMP_ABANDONED
+        with contextlib.suppress(OSError), os.scandir(self.root / ".tmp") as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
 
     # -- paths --------------------------------------------------------------
 
