@@ -531,6 +531,13 @@ class InodeTable:
                 self._nodes[node.inode] = node
             return node
 
+    def rekey(self, old: tuple, new: tuple) -> None:
+        """A node renamed in place (an alias moved by ``mv``) now answers to ``new``."""
+        with self._lock:
+            node = self._by_key.pop(old, None)
+            if node is not None:
+                self._by_key[new] = node
+
     def replace_root(self, root: RootNode) -> None:
         with self._lock:
             self.root = root

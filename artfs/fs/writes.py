@@ -170,6 +170,10 @@ class WritableArtifact(ArtifactNode):
             art = self.artifact
             self.ctx.repo.set_alias(version, name_new)
             self.ctx.repo.remove_alias(art.project, art.name, name_old)
+            # The kernel keeps the moved link's inode under the new name.
+            node.alias = name_new
+            key = ("alias", art.project, art.name)
+            self.table.rekey((*key, name_old), (*key, name_new))
             log.info(
                 "alias %s:%s -> v%d (was %s)", art.qualified, name_new, version.number, name_old
             )
