@@ -5,7 +5,8 @@ connection (Content-Length and chunked bodies, keep-alive), so it can act per
 request: delay it, answer 500 without forwarding it, reset the connection
 before forwarding it, reset it halfway through the response body, or strip the
 conditional headers (If-None-Match / If-Match) as some S3-compatible services
-silently do. ``down`` makes it reset every connection at once: a store that
+silently do, or forward it and then drop the answer (the request took
+effect, the client cannot know). ``down`` makes it reset every connection at once: a store that
 stays down.
 
 Every fault is chosen per request with a seeded RNG, so a run is repeatable
@@ -38,6 +39,7 @@ class Faults:
     error: float = 0.0  # answer 500 without forwarding
     reset: float = 0.0  # reset the connection before forwarding
     reset_body: float = 0.0  # forward, then reset halfway through the response body
+    lost_reply: float = 0.0  # forward (the request takes effect), then reset: the answer is lost
     strip_conditions: bool = False
     down: bool = False
     only_methods: frozenset[str] = field(default_factory=frozenset)  # empty: every method
@@ -177,7 +179,9 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, str | None]] = []
-        self.injected = {"delay": 0, "error": 0, "reset": 0, "reset_body": 0, "down": 0}
+        self.injected = dict.fromkeys(
+            ("delay", "error", "reset", "reset_body", "lost_reply", "down"), 0
+        )
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -249,7 +253,7 @@ class FaultProxy:
             if f.only_methods and method not in f.only_methods:
                 return None
             r = self._rng.random()
-            for name in ("error", "reset", "reset_body", "delay"):
+            for name in ("error", "reset", "reset_body", "lost_reply", "delay"):
                 share = getattr(f, name)
                 if r < share:
                     self.injected[name] += 1
@@ -345,6 +349,9 @@ class FaultProxy:
             while chunk := upstream.recv(65536):
                 body += chunk
             keep = False
+        if fault == "lost_reply":
+            _reset(client)
+            return False
         if fault == "reset_body" and len(body) > 1:
             client.sendall(head + body[: len(body) // 2])
             _reset(client)

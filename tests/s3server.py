@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -193,3 +194,76 @@ def s3server(tmp_path_factory: pytest.TempPathFactory):
 def s3_url(s3server: S3Server) -> str:
     """A fresh, empty store for this test: its own prefix in the session's bucket."""
     return s3server.url()
+
+
+# -- a 4 GiB blob and a 40 MiB one, stored once per session ------------------
+
+BIG_SIZE = 4 << 30
+SMALL_SIZE = 40 << 20
+_ZERO_CHUNK = 16 << 20
+
+
+@dataclass
+class TtfbStore:
+    """A store holding ``proj/ttfb:v0`` with ``big.bin`` (4 GiB of zeros) and
+    ``small.bin`` (40 MiB, random). Read-only for the tests that use it."""
+
+    url: str
+    big_digest: str
+    small_digest: str
+    small_data: bytes
+
+
+@pytest.fixture(scope="session")
+def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> TtfbStore:
+    """Built once per session: the 4 GiB upload takes SeaweedFS half a minute.
+
+    The big blob is zeros, streamed from memory with an unsigned payload (no
+    file to read, no SHA-256 of 4 GiB), and its digest is computed in memory.
+    Both are committed as a version through the real registry, which finds
+    the blobs already stored.
+    """
+    import obstore
+    import xxhash
+    from obstore.store import S3Store
+
+    from artfs.digest import digest_bytes
+    from artfs.manifest import ManifestBuilder
+    from artfs.objects.cloud import CloudStore
+    from artfs.repo import Repo, commit_tree, layout
+
+    prefix = "ttfb-" + uuid.uuid4().hex[:8]
+    h = xxhash.xxh3_128()
+    zeros = memoryview(bytes(_ZERO_CHUNK))
+    for _ in range(BIG_SIZE // _ZERO_CHUNK):
+        h.update(zeros)
+    big_digest = "xxh128:" + h.hexdigest()
+    small_data = random.Random(40).randbytes(SMALL_SIZE)
+    small_digest = digest_bytes(small_data)
+
+    raw = S3Store(
+        s3server.bucket,
+        prefix=prefix,
+        endpoint=s3server.endpoint,
+        access_key_id=s3server.access_key,
+        secret_access_key=s3server.secret_key,
+        region=s3server.region,
+        unsigned_payload=True,
+        client_options={"allow_http": True},
+    )
+    obstore.put(
+        raw,
+        layout.blob_key(big_digest),
+        (zeros for _ in range(BIG_SIZE // _ZERO_CHUNK)),
+        chunk_size=_ZERO_CHUNK,
+        max_concurrency=8,
+    )
+    url = s3server.url(prefix)
+    store = CloudStore(url)
+    store.put(layout.blob_key(small_digest), small_data)
+    repo = Repo.open(store, str(tmp_path_factory.mktemp("ttfb-cache")))
+    builder = ManifestBuilder()
+    builder.add_file("big.bin", BIG_SIZE, big_digest)
+    builder.add_file("small.bin", SMALL_SIZE, small_digest)
+    commit_tree(repo, "proj", "ttfb", builder, {})
+    return TtfbStore(url, big_digest, small_digest, small_data)
