@@ -66,7 +66,7 @@ def _copy(src: int, dst: int) -> None:
             view = view[os.write(dst, view) :]
 
 
-_BATCH_FILES = 2048
+_BATCH_FILES = 4096
 _TMP_ABANDONED = 24 * 3600.0
 _STAGE_CHUNK = 32
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -271,19 +271,22 @@ class LocalStore(ObjectStore):
         each directory touched once. No name ever points at bytes that are not
         on disk, and all of them are durable when this returns."""
         results = [False] * len(items)
-        for start in range(0, len(items), _BATCH_FILES):
-            self._put_batch(
-                items,
-                range(start, min(start + _BATCH_FILES, len(items))),
-                results,
-                if_absent=if_absent,
-                move=move,
-                progress=progress,
-            )
+        with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
+            for start in range(0, len(items), _BATCH_FILES):
+                self._put_batch(
+                    pool,
+                    items,
+                    range(start, min(start + _BATCH_FILES, len(items))),
+                    results,
+                    if_absent=if_absent,
+                    move=move,
+                    progress=progress,
+                )
         return results
 
     def _put_batch(
         self,
+        pool: ThreadPoolExecutor,
         items: Sequence[tuple[str, Path]],
         batch: range,
         results: list[bool],
@@ -317,12 +320,11 @@ class LocalStore(ObjectStore):
             return [stage(i) for i in chunk]
 
         chunks = [batch[i : i + _STAGE_CHUNK] for i in range(0, len(batch), _STAGE_CHUNK)]
-        with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
-            staged = [s for done in pool.map(stage_some, chunks) for s in done if s is not None]
-            if not staged:
-                return
-            if not _syncfs(self.root):
-                list(pool.map(lambda s: _fsync_path(s[1]), staged))
+        staged = [s for done in pool.map(stage_some, chunks) for s in done if s is not None]
+        if not staged:
+            return
+        if not _syncfs(self.root):
+            list(pool.map(lambda s: _fsync_path(s[1]), staged))
         parents: set[Path] = set()
         try:
             for i, tmp, dest in staged:
