@@ -178,6 +178,9 @@ class StagedFile:
     def read(self, offset: int, size: int) -> bytes:
         if self.reader is not None:
             return self.reader.read(offset, size)
+        if self.fd is None:
+            with self.area._lock:
+                self.area._ensure_fd(self)
         assert self.fd is not None
         return os.pread(self.fd, size, offset)
 
@@ -648,6 +651,8 @@ class StagingArea:
                 raise StagingError(
                     errno.EISDIR if a.is_dir else errno.EINVAL, f"not a file: {path}"
                 )
+            if size == 0 and a.digest is not None:
+                self._empty_up(path, a.mode)
             st = self._copy_up(path)
             os.truncate(self._upper(path), size)
             self._after_truncate(st.st_ino, size, None)
@@ -655,7 +660,7 @@ class StagingArea:
     def _after_truncate(self, ino: int, size: int, by: StagedFile | None) -> None:
         self._set_hashed(ino)
         for h in self._open.get(ino, ()):
-            if h.hasher is not None and (h.hasher.size > size or h is not by):
+            if h.hasher is not None and h.hasher.size > size:
                 h.hasher = None
 
     # -- open files ------------------------------------------------------
@@ -672,13 +677,33 @@ class StagingArea:
                 return StagedFile(
                     self, path, None, self.repo.cache.open_reader(a.digest, a.size), writable=False
                 )
-            if writable:
-                self._copy_up(path)
+            if writable and self._lstat_upper(path) is None:
+                if flags & os.O_TRUNC:
+                    self._empty_up(path, a.mode)
+                else:
+                    # The kernel truncates after the open (no atomic O_TRUNC):
+                    # copy the base file only when a write shows it is needed.
+                    return StagedFile(self, path, None, None, writable=True)
             fd = os.open(self._upper(path), os.O_RDWR if writable else os.O_RDONLY)
             handle = self._handle(path, fd, writable=writable)
             if flags & os.O_TRUNC:
                 handle.truncate(0)
             return handle
+
+    def _empty_up(self, path: str, mode: int) -> None:
+        """A base file truncated to nothing: an empty upper file, no bytes copied."""
+        self._upper_dirs(path.rpartition("/")[0])
+        fd = os.open(self._upper(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, mode & 0o777)
+        os.close(fd)
+
+    def _ensure_fd(self, h: StagedFile) -> None:
+        """Give a handle opened on a base file its upper file, copying it up if still needed."""
+        if h.fd is not None:
+            return
+        st = self._copy_up(h.path)
+        h.fd = os.open(self._upper(h.path), os.O_RDWR)
+        h.ino = st.st_ino
+        self._open.setdefault(h.ino, set()).add(h)
 
     def _handle(self, path: str, fd: int, *, writable: bool) -> StagedFile:
         h = StagedFile(self, path, fd, None, writable=writable)
@@ -692,6 +717,7 @@ class StagingArea:
         if h.control is not None:
             return self._write_control(h, offset, data)
         with self._lock:
+            self._ensure_fd(h)
             assert h.fd is not None
             if h.stale:
                 raise StagingError(errno.ESTALE, f"{h.path} was committed; open it again")
@@ -715,6 +741,11 @@ class StagingArea:
             self.truncate_control(h.control, size)
             return
         with self._lock:
+            if h.fd is None and size == 0 and self._lstat_upper(h.path) is None:
+                a = self.stat(h.path)
+                if a is not None and a.digest is not None:
+                    self._empty_up(h.path, a.mode)
+            self._ensure_fd(h)
             assert h.fd is not None
             os.ftruncate(h.fd, size)
             h.wrote = True
