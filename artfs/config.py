@@ -87,7 +87,10 @@ def load_settings(
             raise ConfigError(f"cannot read config {path}: {e}") from None
 
     def pick(flag: str | None, env: str, key: str, default: str) -> str:
-        return flag or os.environ.get(env) or raw.get(key) or default
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"config {path}: {key} must be a string, not {value!r}")
+        return flag or os.environ.get(env) or value or default
 
     data_dir = Path(platformdirs.user_data_dir(APP))
     store_url = pick(store, "ARTFS_STORE", "store", str(data_dir / "store"))

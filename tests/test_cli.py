@@ -401,3 +401,13 @@ def test_get_over_a_version_with_other_exec_bits_keeps_the_cache_intact(
     run_artfs("get", "proj/ds:v0", "--root", str(out))
     assert (out / "tool").stat().st_mode & 0o111 == 0
     assert read_tree(out) == {"tool": ("f", b"#!/bin/sh\n", False), "data": ("f", b"d", False)}
+
+
+def test_config_values_of_the_wrong_type_are_one_line_errors(
+    run_artfs, clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("store = 42\n")
+    bad = run_artfs("ls", check=False, env={**clean_env, "ARTFS_CONFIG": str(config)})
+    assert bad.returncode == 2 and "store must be a string" in bad.stderr
+    assert bad.stderr.count("\n") == 1
