@@ -40,6 +40,15 @@ def check_alias(alias: str, *, allow_latest: bool = False) -> str:
     return alias
 
 
+def is_alias(name: str) -> bool:
+    """Whether an alias record may have this name (``latest`` included)."""
+    try:
+        check_alias(name, allow_latest=True)
+    except BadName:
+        return False
+    return True
+
+
 def check_path_component(name: str, path: str) -> None:
     raw = name.encode("utf-8", "surrogateescape")
     if not raw or len(raw) > 255 or b"\0" in raw or name in (".", ".."):

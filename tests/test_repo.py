@@ -226,3 +226,19 @@ def test_unknown_refs_and_types(api: Api, tmp_path: Path) -> None:
         api.put([_tree(tmp_path, "t")], "proj/ds", type="dataset")
     with pytest.raises(BadName):
         api.put([_tree(tmp_path, "t")], "proj/ds:v1")
+
+
+def test_foreign_and_corrupt_records(api: Api, tmp_path: Path) -> None:
+    """Names from a store pass the rules a user's do; a corrupt record is an error, not a crash."""
+    api.put([_tree(tmp_path, "s")], "proj/ds")
+    store = api.repo.store
+    store.put("projects/proj/ds/aliases/v7.json", b'{"version": 0}')
+    store.put("projects/proj/ds/aliases/.x.json", b'{"version": 0}')
+    store.put("projects/proj/ds/aliases/notes.txt", b"hello")
+    assert api.repo.aliases("proj", "ds") == {"latest": 0}
+    store.put("projects/proj/ds/aliases/best.json", b"[1]")
+    with pytest.raises(RepoError, match="corrupt record"):
+        api.artifact("proj/ds:best")
+    store.put("projects/proj/ds/aliases/best.json", b"{not json")
+    with pytest.raises(RepoError, match="corrupt record"):
+        api.repo.aliases("proj", "ds")

@@ -39,6 +39,16 @@ def _dump(obj: Any) -> bytes:
     return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
 
 
+def _parse_record(key: str, data: bytes) -> dict[str, Any]:
+    try:
+        rec = json.loads(data)
+    except ValueError as e:
+        raise RepoError(f"corrupt record in store: {key}: {e}") from None
+    if not isinstance(rec, dict):
+        raise RepoError(f"corrupt record in store: {key}: not a JSON object")
+    return rec
+
+
 class Repo:
     def __init__(self, store: ObjectStore, cache: BlobCache) -> None:
         self.store = store
@@ -56,15 +66,11 @@ class Repo:
     def _read_json(self, key: str) -> tuple[dict[str, Any], str]:
         """(record, etag); NotFound if absent."""
         info = self.store.head(key)
-        data = self.store.get(key)
-        try:
-            return json.loads(data), info.etag
-        except ValueError as e:
-            raise RepoError(f"corrupt record in store: {key}: {e}") from None
+        return _parse_record(key, self.store.get(key)), info.etag
 
     def _read_json_or_none(self, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.store.get(key))
+            return _parse_record(key, self.store.get(key))
         except NotFound:
             return None
 
@@ -343,7 +349,10 @@ class Repo:
     def aliases(self, project: str, artifact: str) -> dict[str, int]:
         out = {}
         for obj in self.store.list(layout.aliases_prefix(project, artifact)).objects:
-            alias = layout.key_basename(obj.key).removesuffix(".json")
+            name = layout.key_basename(obj.key)
+            alias = name.removesuffix(".json")
+            if alias == name or not names.is_alias(alias):
+                continue  # not ours: names from a store pass the rules a user's do
             rec = self._read_json_or_none(obj.key)
             if rec is not None and "version" in rec:
                 out[alias] = int(rec["version"])
