@@ -159,7 +159,8 @@ def is_stale(mountpoint: Path) -> bool:
     try:
         os.statvfs(mountpoint)
     except OSError as e:
-        return e.errno == errno.ENOTCONN
+        # ECONNABORTED instead when the daemon died with a request in flight.
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 import threading
@@ -32,8 +33,11 @@ import pyfuse3
 from artfs import names
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, ROOT_ID, Entry, Manifest
+from artfs.objects import StoreError
 from artfs.repo import NotFoundError, Repo, Version
 from artfs.repo.records import Artifact
+
+log = logging.getLogger("artfs.fs")
 
 ROOT_INODE = pyfuse3.ROOT_INODE
 # Inodes below 2**32 are listing nodes; above, (tree index << 32) | entry id.
@@ -201,7 +205,15 @@ class ListingNode(Node):
     def children(self) -> dict[str, Node]:
         with self._lock:
             if time.monotonic() - self._listed_at >= self.ctx.ttl:
-                self._children = self.list_children()
+                try:
+                    self._children = self.list_children()
+                except StoreError as e:
+                    if self._listed_at < 0:
+                        raise
+                    # A store that is briefly unreachable should not empty a
+                    # directory that was listed a moment ago; try again next time.
+                    log.warning("%s: keeping the last listing: %s", self.describe(), e)
+                    return self._children
                 self._listed_at = time.monotonic()
             return self._children
 
