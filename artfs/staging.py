@@ -51,6 +51,7 @@ from artfs.config import format_size
 from artfs.digest import Hasher
 from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
+from artfs.objects.local import _fsync_dir
 from artfs.repo import CommitResult, NotFoundError, Repo, RepoError, Version, commit_tree
 from artfs.repo.commit import hash_files
 
@@ -1164,15 +1165,7 @@ class _BytesFile(StagedFile):
     """A read-only view of fixed bytes (.status) or nothing (.commit)."""
 
     def __init__(self, area: StagingArea, name: str, data: bytes) -> None:
-        self.area = area
-        self.path = name
-        self.fd = None
-        self.reader = None
-        self.writable = False
-        self.control = name
-        self.ino = 0
-        self.hasher = None
-        self.wrote = False
+        super().__init__(area, name, None, None, writable=False, control=name)
         self._data = data
 
     def read(self, offset: int, size: int) -> bytes:
@@ -1186,14 +1179,6 @@ class _BytesFile(StagedFile):
 
     def release(self) -> None:
         pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StagingManager:

@@ -85,6 +85,29 @@ def daemon_env(artfs_env: dict[str, str], notify: Path) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def foreground_daemon(mnt: Path, env: dict[str, str]):
+    """``artfs mount --foreground`` as systemd runs it; stopped and unmounted at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artfs.cli", "mount", "--foreground", str(mnt)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if mounted_fs_type(mnt) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
 def test_ready_only_once_the_mount_answers_and_stop_keeps_staging(
     artfs_env, tmp_path: Path
 ) -> None:
@@ -92,13 +115,7 @@ def test_ready_only_once_the_mount_answers_and_stop_keeps_staging(
     mnt.mkdir()
     env = daemon_env(artfs_env, tmp_path / "notify.sock")
     with notify_socket(tmp_path / "notify.sock") as sock:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "artfs.cli", "mount", "--foreground", str(mnt)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
+        with foreground_daemon(mnt, env) as proc:
             msg = receive(sock, 60)
             # The moment READY=1 arrives, the mount must already answer.
             assert "READY=1" in msg, msg
@@ -110,33 +127,11 @@ def test_ready_only_once_the_mount_answers_and_stop_keeps_staging(
             proc.send_signal(signal.SIGTERM)
             assert "STOPPING=1" in receive(sock, 30)
             assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if mounted_fs_type(mnt) is not None:
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         assert mounted_fs_type(mnt) is None
         # staged data survives the stop and shows on the next start
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "artfs.cli", "mount", "--foreground", str(mnt)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with foreground_daemon(mnt, env):
             assert "READY=1" in receive(sock, 60)
             assert (mnt / "proj/ds/staging/kept.txt").read_text() == "staged"
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                if mounted_fs_type(mnt) is not None:
-                    subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
 def test_no_ready_when_the_mount_fails(artfs_env, tmp_path: Path) -> None:

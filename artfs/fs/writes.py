@@ -40,15 +40,20 @@ def _refresh(node: Any) -> None:
     node._listed_at = -1.0
 
 
+def _made(node: Any, name: str) -> pyfuse3.EntryAttributes:
+    """The attributes of what a change just made in listing ``node``."""
+    _refresh(node)
+    child = node.lookup(name)
+    if child is None:
+        raise fuse_error(errno.EIO)
+    return child.attr()
+
+
 class WritableRoot(RootNode):
     def mkdir(self, name: str, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"mkdir project {name!r}"):
             self.table.staging.create_project(name)  # type: ignore[attr-defined]
-        _refresh(self)
-        node = self.lookup(name)
-        if node is None:
-            raise fuse_error(errno.EIO)
-        return node.attr()
+        return _made(self, name)
 
 
 class WritableProject(ProjectNode):
@@ -67,11 +72,7 @@ class WritableProject(ProjectNode):
     def mkdir(self, name: str, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"mkdir artifact {self.name}/{name}"):
             self.table.staging.create_artifact(self.name, name)  # type: ignore[attr-defined]
-        _refresh(self)
-        node = self.lookup(name)
-        if node is None:
-            raise fuse_error(errno.EIO)
-        return node.attr()
+        return _made(self, name)
 
     def rmdir(self, name: str, ctx: Any) -> None:
         with reasons(f"rmdir artifact {self.name}/{name}"):
@@ -116,11 +117,7 @@ class WritableArtifact(ArtifactNode):
                 raise StagingError(errno.EEXIST, f"{name} exists")
             self.ctx.repo.set_alias(version, name)
             log.info("alias %s:%s -> v%d", self.describe(), name, version.number)
-        self.refresh()
-        node = self.lookup(name)
-        if node is None:
-            raise fuse_error(errno.EIO)
-        return node.attr()
+        return _made(self, name)
 
     def unlink(self, name: str, ctx: Any) -> None:
         with reasons(f"rm {self.describe()}/{name}"):
