@@ -28,8 +28,31 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
+# Files up to this size are read whole when opened (in the same worker
+# thread round trip) and served from memory: a small file then costs one
+# round trip, not two.
+SMALL_FILE = 128 << 10
+
+
+class InMemory:
+    """A small file's bytes, read at open: its reads need no worker thread."""
+
+    in_memory = True
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
 class _Empty:
     """The reader of an empty file: no blob to open."""
+
+    in_memory = True
 
     def read(self, offset: int, length: int) -> bytes:
         return b""
@@ -43,10 +66,12 @@ EMPTY = _Empty()
 
 class FileHandle:
     """One open file. Methods block; the mount calls them from worker threads,
-    except ``release`` when ``release_blocks`` is False."""
+    except ``read`` and ``release`` when ``read_blocks``/``release_blocks`` say
+    they do not."""
 
     keep_cache = False
     direct_io = False
+    read_blocks = True
     release_blocks = True
 
     def read(self, offset: int, length: int) -> bytes:
@@ -69,6 +94,7 @@ class VersionFileHandle(FileHandle):
         self.reader = reader
         self._pool = pool
         self._inode = inode
+        self.read_blocks = not getattr(reader, "in_memory", False)
 
     def read(self, offset: int, length: int) -> bytes:
         return self.reader.read(offset, length)
@@ -160,15 +186,29 @@ class BlobOpener:
     def open(self, digest: str, size: int) -> Reader:
         reader = self.cache.open_reader(digest, size)
         try:
+            # One byte more than expected shows a blob that is too long.
+            data = reader.read(0, size + 1) if size <= SMALL_FILE else None
             local = self.store.local_path(layout.blob_key(digest))
             if local is not None:
-                self._check_local(digest, size, local, reader)
+                self._check_local(digest, size, local, reader, data)
+            if data is not None:
+                if len(data) != size:
+                    raise BlobError(f"blob {digest} holds {len(data)} bytes, not {size}")
+                reader.close()
+                return InMemory(data)
         except BaseException:
             reader.close()
             raise
         return reader
 
-    def _check_local(self, digest: str, size: int, path: os.PathLike[str], reader: Reader) -> None:
+    def _check_local(
+        self,
+        digest: str,
+        size: int,
+        path: os.PathLike[str],
+        reader: Reader,
+        data: bytes | None,
+    ) -> None:
         with self._guard:
             lock = self._locks.setdefault(digest, threading.Lock())
         with lock:
@@ -181,10 +221,13 @@ class BlobOpener:
                 return
             start = time.perf_counter()
             hasher = Hasher()
-            offset = 0
-            while chunk := reader.read(offset, READ_CHUNK):
-                hasher.update(chunk)
-                offset += len(chunk)
+            if data is not None:
+                hasher.update(data)
+            else:
+                offset = 0
+                while chunk := reader.read(offset, READ_CHUNK):
+                    hasher.update(chunk)
+                    offset += len(chunk)
             if hasher.hexdigest() != digest or hasher.size != size:
                 raise BlobError(
                     f"blob {digest} is corrupt in the store: {hasher.size} bytes that hash "

@@ -181,7 +181,11 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        data = await self._run(f"read fh {fh} at {off}", self._files[fh].read, off, size)
+        handle = self._files[fh]
+        if handle.read_blocks:
+            data = await self._run(f"read fh {fh} at {off}", handle.read, off, size)
+        else:
+            data = handle.read(off, size)
         self.stats.record(size, len(data))
         return data
 
