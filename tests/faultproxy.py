@@ -43,6 +43,7 @@ class Faults:
     strip_conditions: bool = False
     down: bool = False
     only_methods: frozenset[str] = field(default_factory=frozenset)  # empty: every method
+    limit: int | None = None  # inject at most this many faults (``down`` aside)
 
 
 class _Closed(Exception):
@@ -188,6 +189,8 @@ class FaultProxy:
         self._listener.listen(128)
         self.port = self._listener.getsockname()[1]
         self._closing = False
+        self._inflight = 0
+        self.max_inflight = 0  # most requests being served at once
         self._conns: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._accept, daemon=True, name="faultproxy")
         self._thread.start()
@@ -252,6 +255,8 @@ class FaultProxy:
                 return "down"
             if f.only_methods and method not in f.only_methods:
                 return None
+            if f.limit is not None and sum(self.injected.values()) >= f.limit:
+                return None
             r = self._rng.random()
             for name in ("error", "reset", "reset_body", "lost_reply", "delay"):
                 share = getattr(f, name)
@@ -262,7 +267,7 @@ class FaultProxy:
             return None
 
     def _serve(self, client: socket.socket) -> None:
-        upstream: socket.socket | None = None
+        upstream: list[socket.socket] = []  # opened on the first forwarded request
         cbuf = bytearray()
         ubuf = bytearray()
         try:
@@ -272,52 +277,68 @@ class FaultProxy:
                 except (_Closed, OSError):
                     return
                 first, headers = _parse_head(head)
-                method, path = first.split(b" ")[:2]
-                method_s = method.decode()
+                method, path = first.decode().split(" ")[:2]
                 rng = _header(headers, b"range")
                 with self._lock:
-                    self.requests.append(
-                        (method_s, path.decode(), rng.decode() if rng is not None else None)
-                    )
+                    self.requests.append((method, path, rng.decode() if rng is not None else None))
                 if (_header(headers, b"transfer-encoding") or b"").lower() == b"chunked":
                     body = _read_chunked(client, cbuf)
                 else:
                     body = _recv_exact(client, cbuf, int(_header(headers, b"content-length") or 0))
-                fault = self._choose(method_s)
-                if fault in ("down", "reset"):
-                    _reset(client)
-                    return
-                if fault == "error":
-                    client.sendall(
-                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
-                        b"Connection: close\r\n\r\n"
-                    )
-                    client.close()
-                    return
-                if fault == "delay":
-                    time.sleep(self.faults.delay_seconds)
-                drop = set(_HOP_HEADERS)
-                if self.faults.strip_conditions:
-                    drop |= _CONDITIONAL_HEADERS
-                stripped = any(k.lower() in drop for k, _ in headers)
-                headers = [(k, v) for k, v in headers if k.lower() not in drop]
-                if stripped and self._secret_key is not None:
-                    headers = _resign(first, headers, self._secret_key)
-                if upstream is None:
-                    upstream = socket.create_connection(self.upstream)
-                upstream.sendall(_build_head(first, headers) + body)
-                if not self._relay_response(upstream, ubuf, client, method_s, fault):
+                fault = self._choose(method)
+                with self._lock:
+                    self._inflight += 1
+                    self.max_inflight = max(self.max_inflight, self._inflight)
+                try:
+                    keep = self._forward(client, upstream, ubuf, first, headers, body, fault)
+                finally:
+                    with self._lock:
+                        self._inflight -= 1
+                if not keep:
                     return
         except (_Closed, OSError):
             return
         finally:
             with self._lock:
                 self._conns.discard(client)
-            with contextlib.suppress(OSError):
-                client.close()
-            if upstream is not None:
+            for s in (client, *upstream):
                 with contextlib.suppress(OSError):
-                    upstream.close()
+                    s.close()
+
+    def _forward(
+        self,
+        client: socket.socket,
+        upstream: list[socket.socket],
+        ubuf: bytearray,
+        first: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        fault: str | None,
+    ) -> bool:
+        """Serve one request, with its fault; False when the connection is to be dropped."""
+        if fault in ("down", "reset"):
+            _reset(client)
+            return False
+        if fault == "error":
+            client.sendall(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            return False
+        if fault == "delay":
+            time.sleep(self.faults.delay_seconds)
+        drop = set(_HOP_HEADERS)
+        if self.faults.strip_conditions:
+            drop |= _CONDITIONAL_HEADERS
+        stripped = any(k.lower() in drop for k, _ in headers)
+        headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        if stripped and self._secret_key is not None:
+            headers = _resign(first, headers, self._secret_key)
+        if not upstream:
+            upstream.append(socket.create_connection(self.upstream))
+        upstream[0].sendall(_build_head(first, headers) + body)
+        method = first.split(b" ")[0].decode()
+        return self._relay_response(upstream[0], ubuf, client, method, fault)
 
     def _relay_response(
         self,

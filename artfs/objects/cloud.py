@@ -315,30 +315,26 @@ class CloudStore(ObjectStore):
     def _probe(self) -> str | None:
         """None if the store honours conditional writes, else why not."""
         key = f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
-        s = self._store
         failure = None
-        self._call("probe", key, lambda: obstore.put(s, key, b"first", mode="create"))
+        etag = self._put_bytes(key, b"first", "create")
         try:
             try:
-                self._call("probe", key, lambda: obstore.put(s, key, b"second", mode="create"))
+                self._put_bytes(key, b"second", "create")
                 failure = "If-None-Match (two create-only puts of one key both succeeded)"
             except PreconditionFailed:
                 pass
             if failure is None:
                 try:
-                    self._call(
-                        "probe",
-                        key,
-                        lambda: obstore.put(
-                            s, key, b"third", mode={"e_tag": '"artfs-probe-no-such-etag"'}
-                        ),
-                    )
+                    wrong = '"0123456789abcdef0123456789abcdef"'
+                    if wrong == etag:  # never in practice; the probe must use another one
+                        wrong = '"fedcba9876543210fedcba9876543210"'
+                    self._put_bytes(key, b"third", {"e_tag": wrong})
                     failure = "If-Match (a put with a wrong etag succeeded)"
                 except PreconditionFailed:
                     pass
         finally:
             with contextlib.suppress(StoreError):
-                self._call("probe", key, lambda: obstore.delete(s, key))
+                self._call("probe", key, lambda: obstore.delete(self._store, key))
         if failure is None:
             return None
         return (
@@ -398,6 +394,9 @@ class CloudStore(ObjectStore):
             mode = "create"
         elif if_match is not None:
             mode = {"e_tag": if_match}
+        return self._put_bytes(key, data, mode)
+
+    def _put_bytes(self, key: str, data: bytes, mode: Any) -> str:
         # A conditional put carries a token of its own in the object's metadata:
         # if a retry fails its precondition, the token says whether the object
         # there is our own earlier attempt (its answer lost) or another writer's.
