@@ -242,3 +242,13 @@ def test_foreign_and_corrupt_records(api: Api, tmp_path: Path) -> None:
     store.put("projects/proj/ds/aliases/best.json", b"{not json")
     with pytest.raises(RepoError, match="corrupt record"):
         api.repo.aliases("proj", "ds")
+
+
+def test_save_without_changes_writes_nothing(api: Api, tmp_path: Path) -> None:
+    api.put([_tree(tmp_path, "s")], "proj/ds", metadata={"a": 1})
+    art = api.artifact("proj/ds")
+    before = store_snapshot(api.repo.store)
+    art.save()
+    art.metadata["a"] = 1
+    art.save()
+    assert store_snapshot(api.repo.store) == before

@@ -269,6 +269,10 @@ class Repo:
             if value is not None and not isinstance(value, dict):
                 raise RepoError("metadata must be a JSON object")
         unset_metadata = list(unset_metadata)
+        if description is not None and not isinstance(description, str):
+            raise RepoError("description must be a string")
+        if description is None and metadata is None and not set_metadata and not unset_metadata:
+            return self.version(version.project, version.artifact, version.number)
         for value in (description, metadata, set_metadata):
             try:
                 json.dumps(value)
