@@ -110,7 +110,9 @@ class ManifestBuilder:
 
     def remove(self, path: str) -> None:
         """Drop an entry and, for a directory, everything below it."""
-        self._entries.pop(path, None)
+        row = self._entries.pop(path, None)
+        if row is None or row[0] != DIR:
+            return  # nothing can be below a file, a link or a missing path
         prefix = path + "/"
         for p in [p for p in self._entries if p.startswith(prefix)]:
             del self._entries[p]
