@@ -175,6 +175,7 @@ class StagedFile:
         self.wrote = False
         self.flushed = False
         self.stale = False
+        self.backup: tuple[bytes, str | None] | None = None
 
     def read(self, offset: int, size: int) -> bytes:
         if self.reader is not None:
@@ -347,10 +348,15 @@ class StagingArea:
         try:
             return self.repo.resolve(ref)
         except NotFoundError as e:
-            raise StagingError(errno.ENOENT, f"bad .base {ref_text!r}: {e}") from None
+            raise StagingError(errno.EINVAL, f"bad .base {ref_text!r}: {e}") from None
 
     def _apply_base(self, text: str) -> None:
-        version = self._resolve_base(text)
+        try:
+            version = self._resolve_base(text)
+        except (StagingError, names.BadName) as e:
+            self._set_status(f"{e}; .base unchanged")
+            log.warning("%s: %s", self.ref, e)
+            raise
         if version is None:
             self._set_kv("base", None)
         else:
@@ -808,6 +814,10 @@ class StagingArea:
             return _BytesFile(self, COMMIT, b"")
         fd = os.open(self.control / name, os.O_RDWR if writable else os.O_RDONLY)
         h = StagedFile(self, name, fd, None, writable=writable, control=name)
+        if name == BASE and writable:
+            # `echo v9 > .base` truncates before it writes: a refused ref
+            # puts back what was there.
+            h.backup = ((self.control / BASE).read_bytes(), self._kv("base"))
         if flags & os.O_TRUNC:
             self.truncate_control(name, 0)
         return h
@@ -826,10 +836,15 @@ class StagingArea:
                     raise StagingError(errno.EFBIG, ".base holds one ref")
                 new = current[:offset].ljust(offset, b"\0") + data + current[offset + len(data) :]
                 try:
-                    text = new.decode()
-                except UnicodeDecodeError:
-                    raise StagingError(errno.EINVAL, ".base must be text") from None
-                self._apply_base(text)
+                    self._apply_base(new.decode())
+                except (StagingError, names.BadName, UnicodeDecodeError) as e:
+                    if h.backup is not None:
+                        (self.control / BASE).write_bytes(h.backup[0])
+                        self._set_kv("base", h.backup[1])
+                        self.base()
+                    if isinstance(e, UnicodeDecodeError):
+                        raise StagingError(errno.EINVAL, ".base must be text") from None
+                    raise
             return os.pwrite(h.fd, data, offset)
 
     def truncate_control(self, name: str, size: int) -> None:
@@ -1219,8 +1234,6 @@ class StagingManager:
     def create_artifact(self, project: str, artifact: str) -> StagingArea:
         """``mkdir proj/name``: the artifact exists here until its first commit stores it."""
         names.check_name(artifact, "artifact name")
-        if artifact in names.RESERVED_ALIASES:
-            raise StagingError(errno.EINVAL, f"bad artifact name {artifact!r}: reserved")
         self.repo.project(project)
         try:
             self.repo.artifact(project, artifact)

@@ -177,7 +177,9 @@ def test_base_refs_and_errors(manager: StagingManager, api: Api, tmp_path: Path)
     assert [n for n, _ in area.listdir("")] == ["a"]
     with pytest.raises(StagingError) as e:
         set_control(area, BASE, "v9")
-    assert e.value.errno == errno.ENOENT
+    assert e.value.errno == errno.EINVAL
+    assert "bad .base 'v9'" in area.status()
+    assert [n for n, _ in area.listdir("")] == ["a"]  # the base is still v0
     set_control(area, BASE, "proj/ds:v1")
     assert [n for n, _ in area.listdir("")] == ["b"]
     set_control(area, BASE, "")

@@ -204,6 +204,11 @@ def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path, store_ur
     (staging / ".base").write_text("latest\n")
     assert sorted(os.listdir(staging / "part")) == sorted(os.listdir(src / "part"))
     assert (staging / "part/03.bin").read_bytes() == (src / "part/03.bin").read_bytes()
+    r = subprocess.run(["bash", "-c", f"echo v9 > {staging}/.base"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Invalid argument" in r.stderr
+    assert (staging / ".base").read_text() == "latest\n"
+    assert "bad .base 'v9'" in (staging / ".status").read_text()
+    assert len(os.listdir(staging / "part")) == 20
     before = blob_names(store_url)
     (staging / "part/00.bin").write_bytes(b"changed 0")
     with open(staging / "part/01.bin", "r+b") as f:
