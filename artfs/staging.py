@@ -87,6 +87,12 @@ def error_errno(e: BaseException) -> int:
         return e.errno
     if isinstance(e, OSError) and e.errno:
         return e.errno
+    if isinstance(e, sqlite3.Error) and "full" in str(e):
+        return errno.ENOSPC  # the state directory's disk
+    # A store error caused by the disk (a full store: ENOSPC) says so.
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return cause.errno
     if isinstance(e, NotFoundError):
         return errno.ENOENT
     if isinstance(e, names.BadName | RepoError | ValueError):

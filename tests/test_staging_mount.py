@@ -361,3 +361,42 @@ def test_kill_9_during_a_large_commit(mount, tmp_path, store_url) -> None:
     assert read_tree(m2.path / "proj/big/v0") == expected
     for p in (Path(store_url) / "blobs").rglob("xxh128:*"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o444
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str):
+    """A tmpfs of ``size`` on ``path``, unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env, tmp_path):
+    with (
+        tiny_disk(tmp_path / "small-store", "1m") as small_store,
+        tiny_disk(tmp_path / "small-state", "2m") as small_state,
+        mounted(
+            tmp_path / "mnt",
+            store_url=str(small_store / "store"),
+            cache_dir=cache_dir,
+            state_dir=small_state,
+            env=artfs_env,
+        ) as m,
+    ):
+        (m.path / "proj").mkdir()
+        (m.path / "proj/ds").mkdir()
+        staging = m.path / "proj/ds/staging"
+        with pytest.raises(OSError) as e:
+            (staging / "huge.bin").write_bytes(os.urandom(3 << 20))
+        assert e.value.errno == errno.ENOSPC
+        (staging / "huge.bin").unlink()
+        data = os.urandom(1536 << 10)  # fits the state disk, not the store
+        (staging / "big.bin").write_bytes(data)
+        r = touch_commit(staging)
+        assert r.returncode != 0 and "No space left on device" in r.stderr
+        assert "commit of proj/ds failed" in (staging / ".status").read_text()
+        assert (staging / "big.bin").read_bytes() == data
+        assert version_numbers(str(small_store / "store"), "proj", "ds") == []
