@@ -34,6 +34,18 @@ from tests.mounting import Mount, mounted
 CHUNK = 1 << 20
 
 
+def mount_bench(base: Path, name: str, api: Api, env: dict[str, str], *args: str):
+    """The bench's store and cache, mounted on ``base/name`` (a context manager)."""
+    return mounted(
+        base / name,
+        store_url=str(api.repo.store.url),
+        cache_dir=api.repo.cache.root,
+        state_dir=base / "state",
+        env=env,
+        args=args,
+    )
+
+
 def read_file(path: Path) -> float:
     """Seconds to read ``path`` start to end in 1 MiB reads."""
     buf = bytearray(CHUNK)
@@ -87,14 +99,7 @@ def big_file(base: Path, api: Api, size: int, cold: bool, env: dict[str, str]) -
 
     for mode, args in (("local store, served directly", ()), ("--via-cache", ("--via-cache",))):
         print(f"-- {mode}", flush=True)
-        with mounted(
-            base / "mnt-big",
-            store_url=str(api.repo.store.url),
-            cache_dir=cache.root,
-            state_dir=base / "state",
-            env=env,
-            args=args,
-        ) as m:
+        with mount_bench(base, "mnt-big", api, env, *args) as m:
             path = m.path / "bench/big/v0/big.bin"
             os.stat(path)
             drop_caches(cold)
@@ -148,13 +153,7 @@ def small_files(base: Path, api: Api, files: int, size: int, cold: bool, env: di
     start = time.perf_counter()
     api.put([tree], "bench/small")
     print(f"   (put took {time.perf_counter() - start:.1f} s)")
-    with mounted(
-        base / "mnt-small",
-        store_url=str(api.repo.store.url),
-        cache_dir=api.repo.cache.root,
-        state_dir=base / "state",
-        env=env,
-    ) as m:
+    with mount_bench(base, "mnt-small", api, env) as m:
         version = m.path / "bench/small/v0"
         commands = [
             ("find", "find . > /dev/null"),
@@ -188,13 +187,7 @@ def million(base: Path, api: Api, files: int, env: dict[str, str]) -> None:
     start = time.perf_counter()
     commit_tree(api.repo, "bench", "million", builder, sources)
     print(f"   (manifest built and committed in {time.perf_counter() - start:.1f} s)")
-    with mounted(
-        base / "mnt-million",
-        store_url=str(api.repo.store.url),
-        cache_dir=api.repo.cache.root,
-        state_dir=base / "state",
-        env=env,
-    ) as m:
+    with mount_bench(base, "mnt-million", api, env) as m:
         idle, _ = rss_kib(m.pid)
         # find lists every directory (readdirplus brings every entry's
         # attributes); du then stats every file. ls -lR would add two xattr
