@@ -308,3 +308,35 @@ def test_status_is_json_free_text(manager: StagingManager) -> None:
     with pytest.raises(ValueError):
         json.loads(text)
     assert "proj/ds:v0" in text
+
+
+def test_two_commits_of_one_staging_never_overlap(api: Api, tmp_path: Path) -> None:
+    """Two managers on one state directory (as two processes would be): one commit wins."""
+    import threading
+
+    state = tmp_path / "state"
+    first, second = StagingManager(api.repo, state), StagingManager(api.repo, state)
+    try:
+        a, b = first.area("proj", "ds"), second.area("proj", "ds")
+        for i in range(200):
+            write(a, f"f{i}", os.urandom(1000))
+        outcomes: list[object] = []
+        barrier = threading.Barrier(2)
+
+        def run(area: StagingArea) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(area.commit().version.number)
+            except StagingError as e:
+                outcomes.append(e.errno)
+
+        threads = [threading.Thread(target=run, args=(x,)) for x in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes, key=str) == sorted([0, errno.EINVAL], key=str)
+        assert [v.number for v in api.repo.versions("proj", "ds")] == [0]
+    finally:
+        first.close()
+        second.close()
