@@ -182,6 +182,7 @@ class StagedFile:
         self.flushed = False
         self.stale = False
         self.backup: tuple[bytes, str | None] | None = None
+        self.recorded = False
 
     def read(self, offset: int, size: int) -> bytes:
         if self.reader is not None:
@@ -673,6 +674,7 @@ class StagingArea:
     def _after_truncate(self, ino: int, size: int, by: StagedFile | None) -> None:
         self._set_hashed(ino)
         for h in self._open.get(ino, ()):
+            h.recorded = False
             if h.hasher is not None and h.hasher.size > size:
                 h.hasher = None
 
@@ -734,14 +736,17 @@ class StagingArea:
             assert h.fd is not None
             if h.stale:
                 raise StagingError(errno.ESTALE, f"{h.path} was committed; open it again")
-            h.flushed = False
-            if not h.wrote:
+            # A digest recorded for this inode (before this open, or at a flush
+            # of any open) is wrong from this write on: drop it first.
+            others = [o for o in self._open.get(h.ino, ()) if o is not h]
+            if not h.wrote or h.recorded or any(o.recorded for o in others):
                 self._set_hashed(h.ino)
-                h.wrote = True
+            h.wrote = True
+            h.flushed = h.recorded = False
             n = os.pwrite(h.fd, data, offset)
-            for other in self._open.get(h.ino, ()):
-                if other is not h:
-                    other.hasher = None
+            for other in others:
+                other.hasher = None
+                other.recorded = False
             if h.hasher is not None:
                 if offset == h.hasher.size:
                     h.hasher.update(data[:n])
@@ -767,8 +772,9 @@ class StagingArea:
     def _record_hash(self, h: StagedFile) -> None:
         if h.wrote and h.hasher is not None and h.fd is not None and not h.stale:
             st = os.fstat(h.fd)
-            if st.st_size == h.hasher.size and st.st_nlink > 0:
+            if st.st_size == h.hasher.size and st.st_nlink > 0 and not h.recorded:
                 self._set_hashed(h.ino, st.st_size, h.hasher.hexdigest())
+                h.recorded = True  # until the next write: flush, then release
 
     def _flush(self, h: StagedFile) -> None:
         """close(2) of one descriptor: the data is all here, though the open may live on."""

@@ -340,3 +340,24 @@ def test_two_commits_of_one_staging_never_overlap(api: Api, tmp_path: Path) -> N
     finally:
         first.close()
         second.close()
+
+
+def test_writes_after_a_flush_drop_the_recorded_digest(manager: StagingManager, api: Api) -> None:
+    from artfs.digest import digest_bytes
+
+    area = manager.area("proj", "ds")
+    h = area.create("f", 0o644)
+    h.write(0, b"a" * 100)
+    h.flush()  # close(2) of one descriptor: the digest of 100 a's is recorded
+    h.write(0, b"b")  # through another descriptor of the same open
+    h.release()
+    g = area.create("g", 0o644)
+    g.write(0, b"x" * 10)
+    other = area.open("g", os.O_RDWR)
+    g.flush()
+    other.write(5, b"Y")
+    other.release()
+    g.release()
+    files = {p: d for p, _s, d in api.artifact(area.commit().version.ref).files()}
+    assert files["f"] == digest_bytes(b"b" + b"a" * 99)
+    assert files["g"] == digest_bytes(b"xxxxxYxxxx")
