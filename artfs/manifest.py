@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import xxhash
 
-from artfs.names import check_path
+from artfs.names import BadName, check_path, check_path_component
 
 FORMAT = 1
 ROOT_ID = 1
@@ -189,14 +188,19 @@ def scan_tree(root: Path, builder: ManifestBuilder, prefix: str = "") -> list[tu
         with os.scandir(d) as it:
             for entry in it:
                 path = f"{rel}/{entry.name}" if rel else entry.name
-                check_path(path)
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    builder.add_symlink(path, os.readlink(entry.path))
-                elif stat.S_ISDIR(st.st_mode):
+                check_path_component(entry.name, path)
+                # The kinds come from readdir's d_type: no stat per entry.
+                if entry.is_symlink():
+                    target = os.readlink(entry.path)
+                    try:
+                        target.encode()
+                    except UnicodeEncodeError:
+                        raise BadName(f"bad link {path!r}: its target must be UTF-8") from None
+                    builder.add_symlink(path, target)
+                elif entry.is_dir(follow_symlinks=False):
                     builder.add_dir(path)
                     stack.append((Path(entry.path), path))
-                elif stat.S_ISREG(st.st_mode):
+                elif entry.is_file(follow_symlinks=False):
                     files.append((path, Path(entry.path)))
                 else:
                     raise ValueError(f"cannot store {entry.path}: not a file, directory or link")

@@ -113,3 +113,7 @@ def test_scan_names_the_bad_path(tmp_path: Path) -> None:
         f.write(b"x")
     with pytest.raises(BadName, match=r"bad path 'ok/bad.*UTF-8"):
         scan_tree(src, ManifestBuilder())
+    os.unlink(bad)
+    os.symlink(b"target\xff", os.fsencode(src / "ok") + b"/link")
+    with pytest.raises(BadName, match=r"bad link 'ok/link'"):
+        scan_tree(src, ManifestBuilder())

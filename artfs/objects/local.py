@@ -67,6 +67,7 @@ def _copy(src: int, dst: int) -> None:
 
 
 _BATCH_FILES = 4096
+_BLOB_MODE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _TMP_ABANDONED = 24 * 3600.0
 _STAGE_CHUNK = 32
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -254,7 +255,7 @@ class LocalStore(ObjectStore):
             except OSError as e:
                 tmp.unlink(missing_ok=True)
                 raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
-        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(tmp, _BLOB_MODE)
         self._install(tmp, dest, if_absent=if_absent)
 
     def put_files(
@@ -303,17 +304,29 @@ class LocalStore(ObjectStore):
                     progress(path.stat().st_size)
                 return None
             tmp = self._tmp_path()
-            if not (move and self._move_in(path, tmp, sync=False)):
+            if move and self._move_in(path, tmp, sync=False):
+                os.chmod(tmp, _BLOB_MODE)
+                if progress:
+                    progress(tmp.stat().st_size)
+                return i, tmp, dest
+            try:
+                src = os.open(path, os.O_RDONLY)
                 try:
-                    with open(path, "rb") as src, open(tmp, "xb") as dst:
-                        _copy(src.fileno(), dst.fileno())
-                        _stamp(dst.fileno())
-                except OSError as e:
-                    tmp.unlink(missing_ok=True)
-                    raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                    # Created read-only: the descriptor still writes.
+                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _BLOB_MODE)
+                    try:
+                        _copy(src, dst)
+                        _stamp(dst)
+                        size = os.fstat(dst).st_size
+                    finally:
+                        os.close(dst)
+                finally:
+                    os.close(src)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
             if progress:
-                progress(tmp.stat().st_size)
+                progress(size)
             return i, tmp, dest
 
         def stage_some(chunk: range) -> list[tuple[int, Path, Path] | None]:
@@ -328,7 +341,8 @@ class LocalStore(ObjectStore):
         parents: set[Path] = set()
         try:
             for i, tmp, dest in staged:
-                self._ensure_parent(dest)
+                if dest.parent not in parents:
+                    self._ensure_parent(dest)
                 if if_absent:
                     try:
                         os.link(tmp, dest)
