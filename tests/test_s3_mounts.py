@@ -1,0 +1,187 @@
+"""Mounts of one S3 bucket (SeaweedFS on 127.0.0.1): several daemons with caches
+of their own, time to first byte through FUSE, and reads through faults."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from artfs.api import Api
+from tests.faultproxy import FaultProxy, Faults
+from tests.mounting import mounted
+from tests.s3server import S3Server, TtfbStore, ttfb_store  # noqa: F401 - fixture
+from tests.trees import make_tree, read_tree
+
+MiB = 1 << 20
+TTL = 1.0
+
+
+@pytest.fixture
+def mounts(s3_url: str, tmp_path: Path):
+    """``mount(name, env=None)`` -> a mount of this test's bucket prefix with a
+    cache and state of its own; all unmounted at the end."""
+    with contextlib.ExitStack() as stack:
+
+        def make(name: str, env: dict[str, str] | None = None, url: str = s3_url):
+            env = dict(env or os.environ)
+            env["ARTFS_CONFIG"] = str(tmp_path / "none.toml")
+            return stack.enter_context(
+                mounted(
+                    tmp_path / f"mnt-{name}",
+                    store_url=url,
+                    cache_dir=tmp_path / f"cache-{name}",
+                    state_dir=tmp_path / f"state-{name}",
+                    env=env,
+                    args=["--ttl", str(TTL)],
+                )
+            )
+
+        yield make
+
+
+def _eventually(check, timeout: float) -> float:
+    """Seconds until ``check()`` is true; fails after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        with contextlib.suppress(OSError):
+            if check():
+                return time.monotonic() - start
+        assert time.monotonic() - start < timeout, "not seen in time"
+        time.sleep(0.05)
+
+
+def test_two_daemons_with_their_own_caches_share_one_bucket(
+    mounts, s3_url: str, tmp_path: Path
+) -> None:
+    api = Api(store=s3_url, cache=str(tmp_path / "api-cache"))
+    api.put([make_tree(tmp_path / "v0", {"a.txt": "zero"})], "proj/ds")
+    one, two = mounts("one"), mounts("two")
+    for m in (one, two):
+        assert (m.path / "proj/ds/latest/a.txt").read_text() == "zero"
+
+    # A commit made elsewhere (the Python API) shows on both within the TTL.
+    api.put(
+        [make_tree(tmp_path / "v1", {"a.txt": "one", "b.bin": os.urandom(20 * MiB)})], "proj/ds"
+    )
+    for m in (one, two):
+        took = _eventually(lambda m=m: os.readlink(m.path / "proj/ds/latest") == "v1", 10)
+        assert took <= TTL + 2
+        assert read_tree(m.path / "proj/ds/v1") == read_tree(tmp_path / "v1")
+    assert (tmp_path / "cache-one").exists() and (tmp_path / "cache-two").exists()
+
+    # Both daemons commit at once, through their staging directories: two
+    # distinct new versions, each with exactly its own writer's files.
+    for i, m in enumerate((one, two), start=1):
+        staging = m.path / "proj/ds/staging"
+        for j in range(10):
+            (staging / f"w{i}-{j}.txt").write_text(f"writer {i} file {j}")
+    barrier = threading.Barrier(2)
+    results: dict[int, subprocess.CompletedProcess[str]] = {}
+
+    def commit(i: int, m) -> None:
+        barrier.wait()
+        results[i] = subprocess.run(
+            ["touch", str(m.path / "proj/ds/staging/.commit")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    threads = [threading.Thread(target=commit, args=(i, m)) for i, m in ((1, one), (2, two))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results.values()), results
+    numbers = [v.version.number for v in api.artifact_versions("proj/ds")]
+    assert numbers == [0, 1, 2, 3]
+    writers = set()
+    for n in (2, 3):
+        names = {p for p, _s, _d in api.artifact(f"proj/ds:v{n}").files()}
+        writer = {p.split("-")[0] for p in names if p.startswith("w")}
+        assert len(writer) == 1 and len([p for p in names if p.startswith("w")]) == 10
+        writers |= writer
+    assert writers == {"w1", "w2"}
+    for m in (one, two):  # and each daemon sees the other's version
+        _eventually(lambda m=m: os.readlink(m.path / "proj/ds/latest") == "v3", 10)
+        assert sorted(p.name for p in (m.path / "proj/ds").iterdir() if p.name[1:].isdigit()) == [
+            "v0",
+            "v1",
+            "v2",
+            "v3",
+        ]
+
+
+def _first_byte(path: Path, offset: int) -> float:
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, 4096, offset)
+    finally:
+        os.close(fd)
+    took = time.perf_counter() - start
+    assert len(data) == 4096
+    return took
+
+
+def test_time_to_first_byte_through_the_mount(
+    mounts,
+    ttfb_store: TtfbStore,  # noqa: F811 - fixture
+) -> None:
+    small, big = [], []
+    for i in range(3):
+        m = mounts(f"ttfb{i}", url=ttfb_store.url)  # a cold cache each time
+        v0 = m.path / "proj/ttfb/v0"
+        assert (v0 / "big.bin").stat().st_size == 4 << 30  # metadata loaded first
+        small.append(_first_byte(v0 / "small.bin", 20 * MiB))
+        big.append(_first_byte(v0 / "big.bin", 2 << 30))
+    s, b = sorted(small)[1], sorted(big)[1]
+    print(f"mount time to first byte: 40 MiB {s * 1000:.0f} ms, 4 GiB {b * 1000:.0f} ms")
+    assert b < max(4 * s, s + 0.5)
+
+
+def test_reads_through_faults_in_the_mount_are_right_or_eio(
+    mounts, s3server: S3Server, s3_url: str, tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+    files = {f"small{i}.bin": rng.randbytes(100_000 + i) for i in range(8)}
+    files |= {f"large{i}.bin": rng.randbytes(20 * MiB + i) for i in range(2)}
+    src = make_tree(tmp_path / "src", files)
+    Api(store=s3_url, cache=str(tmp_path / "api-cache")).put([src], "proj/ds")
+    faults = Faults(error=0.1, reset=0.1, reset_body=0.15, delay=0.1, delay_seconds=0.2)
+    right = eio = 0
+    with FaultProxy(s3server.port, faults, seed=5) as proxy:
+        env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, ARTFS_STORE_TIMEOUT="10")
+        m = mounts("faulty", env=env)
+        for name, want in files.items():
+            path = m.path / "proj/ds/v0" / name
+            try:
+                got = path.read_bytes()
+            except OSError as e:
+                assert e.errno == errno.EIO, e
+                eio += 1
+                continue
+            assert got == want, f"wrong bytes in {name}"
+            right += 1
+        injected = sum(proxy.injected.values())
+        # A store that goes down: EIO after a bounded time, never a hang.
+        proxy.set(error=0.0, reset=0.0, reset_body=0.0, delay=0.0)
+        m2 = mounts("down", env=dict(env, ARTFS_STORE_TIMEOUT="2"))
+        large = m2.path / "proj/ds/v0/large1.bin"
+        assert large.stat().st_size == len(files["large1.bin"])  # the manifest is in
+        proxy.set(down=True)
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            large.read_bytes()
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - start < 20
+    print("right", right, "eio", eio, "faults", injected)
+    assert injected > 5 and right >= len(files) - 2
