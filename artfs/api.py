@@ -273,7 +273,7 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
         for target, e in chunk:
             assert e.digest is not None
             if not _holds(target, e.size, e.digest, repo.cache.path(e.digest)):
-                _place_file(repo.cache.ensure(e.digest), target, e.executable)
+                _place_file(repo.cache.ensure(e.digest, e.size), target, e.executable)
                 continue
             st = target.stat()
             if bool(st.st_mode & 0o100) != e.executable:

@@ -251,3 +251,24 @@ def test_time_to_first_byte_does_not_grow_with_file_size(
     # A 100x larger file: same order of time (a whole-file fetch would take
     # tens of seconds here).
     assert b < max(4 * s, s + 0.5)
+
+
+def test_a_download_of_a_large_file_fetches_its_parts_in_parallel(
+    proxy: FaultProxy, s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from artfs.api import Api
+    from tests.trees import make_tree, read_tree
+
+    src = make_tree(tmp_path / "src", {"big.bin": random.Random(8).randbytes(30 * MiB)})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    Api(store=s3_url, cache=str(tmp_path / "c1")).put([src], "proj/ds")
+    proxy.clear()
+    out = (
+        Api(store=s3_url, cache=str(tmp_path / "c2"))
+        .artifact("proj/ds:v0")
+        .download(tmp_path / "out")
+    )
+    assert read_tree(out) == read_tree(src)
+    digest = digest_bytes((src / "big.bin").read_bytes())
+    assert len(_part_gets(proxy, digest)) == 4  # 30 MiB in 8 MiB ranged GETs
+    assert proxy.max_inflight > 1
