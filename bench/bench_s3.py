@@ -1,0 +1,307 @@
+"""artfs on S3 (SeaweedFS on loopback) against raw obstore transfers of the same bytes.
+
+    python -m bench.bench_s3                          # 1 GiB in 5,000 files; 2 GiB; 4 GiB TTFB
+    python -m bench.bench_s3 --files 500 --small-total 64M --big 256M --ttfb-big 1G   # quick
+
+Starts its own ``weed mini`` on free loopback ports (stopped by PID at the
+end), then, each measured in the same run against a raw baseline:
+
+1. put and get of many small files (``--files`` files, ``--small-total``
+   bytes): ``Api.put`` (hash, upload missing blobs 8 at a time, manifest,
+   version record) against raw ``obstore.put`` of the same files, 8 threads;
+   ``download`` with a cold cache against raw ``obstore.get`` into files.
+2. put and get of one big file (``--big``): ``Api.put`` (hash + multipart
+   upload) against raw multipart ``obstore.put`` of the file; ``download``
+   (parallel ranged parts into the cache, verified, then linked) against a
+   raw single-stream ``obstore.get`` into a file.
+3. cold sequential read of the big file through the mount (lazy ranged reads
+   with readahead) against a raw parallel ranged download of the same object
+   (8 MiB ranges, 8 at a time) into memory.
+4. time to first byte of a 40 MiB and a ``--ttfb-big`` file (zeros) through
+   the mount, cold cache, against a raw 4 KiB ranged GET.
+
+Ratios are artfs time / raw time (>1 is slower). Prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+import obstore
+import xxhash
+from obstore.store import S3Store
+
+from artfs.api import Api
+from artfs.digest import digest_bytes
+from artfs.manifest import ManifestBuilder
+from artfs.repo import commit_tree, layout
+from bench.common import base_parser, drop_caches, human, make_tree, parse_size, report, workdir
+from tests.mounting import mounted
+from tests.s3server import start_seaweedfs, stop_seaweedfs
+
+THREADS = 8
+PART = 8 << 20
+
+
+def raw_store(server, prefix: str, **extra) -> S3Store:
+    return S3Store(
+        server.bucket,
+        prefix=prefix,
+        endpoint=server.endpoint,
+        access_key_id=server.access_key,
+        secret_access_key=server.secret_key,
+        region=server.region,
+        client_options={"allow_http": True, "timeout": "120s"},
+        **extra,
+    )
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(Path(d) / f for d, _, names in os.walk(root) for f in names)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ranged_download(store: S3Store, key: str, size: int) -> None:
+    """The raw baseline for a lazy read: 8 MiB ranges, 8 at a time, into memory."""
+
+    def one(off: int) -> int:
+        return len(obstore.get_range(store, key, start=off, length=min(PART, size - off)))
+
+    with cf.ThreadPoolExecutor(THREADS) as pool:
+        got = sum(pool.map(one, range(0, size, PART)))
+    assert got == size
+
+
+def read_file(path: Path) -> int:
+    buf = bytearray(1 << 20)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    return total
+
+
+def first_byte(path: Path, offset: int) -> float:
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 4096, offset)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=5000)
+    p.add_argument("--small-total", type=parse_size, default=parse_size("1G"))
+    p.add_argument("--big", type=parse_size, default=parse_size("2G"))
+    p.add_argument("--ttfb-big", type=parse_size, default=parse_size("4G"))
+    args = p.parse_args()
+    cold = not args.warm
+
+    with workdir(args.dir, args.keep) as base:
+        server, proc = start_seaweedfs(base / "seaweedfs", volume_size_mb=256, max_volumes=200)
+        try:
+            os.environ.update(server.env())
+            os.environ["ARTFS_CONFIG"] = str(base / "none.toml")
+            run(args, base, server, cold)
+        finally:
+            stop_seaweedfs(proc)
+
+
+def run(args, base: Path, server, cold: bool) -> None:
+    url = server.url("bench")
+    raw = raw_store(server, "raw")
+    size = args.small_total // args.files
+    print(f"SeaweedFS on 127.0.0.1:{server.port}; page cache dropped: {drop_caches(cold)}")
+
+    # 1. many small files ------------------------------------------------------
+    small = base / "small"
+    make_tree(small, args.files, size)
+    paths = files_under(small)
+    nbytes = size * len(paths)
+    print(f"\n{len(paths)} files of {human(size)} ({human(nbytes)})")
+
+    def raw_put_small() -> None:
+        with cf.ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(lambda q: obstore.put(raw, f"small/{q.name}", q), paths))
+
+    def raw_get_small() -> None:
+        out = base / "raw-small"
+        out.mkdir()
+
+        def one(q: Path) -> None:
+            (out / q.name).write_bytes(obstore.get(raw, f"small/{q.name}").bytes())
+
+        with cf.ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(one, paths))
+
+    drop_caches(cold)
+    t_raw = timed(raw_put_small)
+    report("raw obstore put, 8 threads", t_raw, nbytes=nbytes)
+    api = Api(store=url, cache=str(base / "cache-put"))
+    drop_caches(cold)
+    t = timed(lambda: api.put([small], "bench/small"))
+    report(
+        "artfs put (hash + upload + commit)",
+        t,
+        nbytes=nbytes,
+        baseline=t_raw,
+        baseline_label="raw put",
+    )
+    drop_caches(cold)
+    t_raw = timed(raw_get_small)
+    report("raw obstore get, 8 threads", t_raw, nbytes=nbytes)
+    getter = Api(store=url, cache=str(base / "cache-get-small"))
+    drop_caches(cold)
+    t = timed(lambda: getter.artifact("bench/small:v0").download(base / "got-small"))
+    report(
+        "artfs get, cold cache (fetch + verify + place)",
+        t,
+        nbytes=nbytes,
+        baseline=t_raw,
+        baseline_label="raw get",
+    )
+
+    # 2. one big file ------------------------------------------------------------
+    big_dir = base / "big"
+    big_dir.mkdir()
+    big = big_dir / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(args.big // (64 << 20)):
+            f.write(os.urandom(64 << 20))
+        f.write(os.urandom(args.big % (64 << 20)))
+    print(f"\none file of {human(args.big)}")
+    drop_caches(cold)
+    t_raw = timed(
+        lambda: obstore.put(raw, "big.bin", big, chunk_size=16 << 20, max_concurrency=THREADS)
+    )
+    report("raw obstore multipart put", t_raw, nbytes=args.big)
+    drop_caches(cold)
+    t = timed(lambda: api.put([big_dir], "bench/big"))
+    report(
+        "artfs put (hash + multipart upload)",
+        t,
+        nbytes=args.big,
+        baseline=t_raw,
+        baseline_label="raw put",
+    )
+
+    def raw_get_big() -> None:
+        with open(base / "raw-big.bin", "wb") as f:
+            for chunk in obstore.get(raw, "big.bin").stream(min_chunk_size=8 << 20):
+                f.write(chunk)
+
+    drop_caches(cold)
+    t_raw = timed(raw_get_big)
+    report("raw obstore get, one stream", t_raw, nbytes=args.big)
+    getter = Api(store=url, cache=str(base / "cache-get-big"))
+    drop_caches(cold)
+    t = timed(lambda: getter.artifact("bench/big:v0").download(base / "got-big"))
+    report(
+        "artfs get, cold cache (ranged parts, verify)",
+        t,
+        nbytes=args.big,
+        baseline=t_raw,
+        baseline_label="raw get",
+    )
+
+    # 3. cold sequential read through the mount ------------------------------------
+    digest = api.artifact("bench/big:v0").files()[0][2]
+    blob = raw_store(server, "bench")
+    print(f"\ncold sequential read of {human(args.big)} through the mount")
+    drop_caches(cold)
+    t_raw = timed(lambda: ranged_download(blob, layout.blob_key(digest), args.big))
+    report("raw ranged download (8 MiB x 8 parallel)", t_raw, nbytes=args.big)
+    with mounted(
+        base / "mnt-read",
+        store_url=url,
+        cache_dir=base / "cache-mount",
+        state_dir=base / "state-read",
+        env=dict(os.environ),
+    ) as m:
+        path = m.path / "bench/big/v0/big.bin"
+        path.stat()
+        drop_caches(cold)
+        t = timed(lambda: read_file(path))
+        report(
+            "mount, cold cache, 1 MiB reads",
+            t,
+            nbytes=args.big,
+            baseline=t_raw,
+            baseline_label="raw ranged",
+        )
+
+    # 4. time to first byte --------------------------------------------------------
+    ttfb_big(args, base, server, url, blob)
+
+
+def ttfb_big(args, base: Path, server, url: str, blob: S3Store) -> None:
+    small_data = random.Random(40).randbytes(40 << 20)
+    small_digest = digest_bytes(small_data)
+    h = xxhash.xxh3_128()
+    zeros = memoryview(bytes(16 << 20))
+    for _ in range(args.ttfb_big // len(zeros)):
+        h.update(zeros)
+    big_digest = "xxh128:" + h.hexdigest()
+    print(f"\ntime to first byte: 40 MiB and {human(args.ttfb_big)}, mount, cold cache")
+    upload = raw_store(server, "bench", unsigned_payload=True)
+    obstore.put(
+        upload,
+        layout.blob_key(big_digest),
+        (zeros for _ in range(args.ttfb_big // len(zeros))),
+        chunk_size=len(zeros),
+        max_concurrency=THREADS,
+    )
+    obstore.put(upload, layout.blob_key(small_digest), small_data)
+    api = Api(store=url, cache=str(base / "cache-ttfb"))
+    builder = ManifestBuilder()
+    builder.add_file("big.bin", args.ttfb_big, big_digest)
+    builder.add_file("small.bin", len(small_data), small_digest)
+    commit_tree(api.repo, "bench", "ttfb", builder, {})
+
+    raw = [
+        timed(
+            lambda: obstore.get_range(blob, layout.blob_key(big_digest), start=1 << 20, length=4096)
+        )
+        for _ in range(5)
+    ]
+    t_raw = statistics.median(raw)
+    report("raw 4 KiB ranged GET", t_raw)
+    results: dict[str, list[float]] = {"small.bin": [], "big.bin": []}
+    for i in range(3):
+        with mounted(
+            base / f"mnt-ttfb{i}",
+            store_url=url,
+            cache_dir=base / f"cache-ttfb{i}",
+            state_dir=base / f"state-ttfb{i}",
+            env=dict(os.environ),
+        ) as m:
+            v0 = m.path / "bench/ttfb/v0"
+            for name in results:
+                (v0 / name).stat()
+                results[name].append(first_byte(v0 / name, (v0 / name).stat().st_size // 2))
+    for name, label in (("small.bin", "40 MiB"), ("big.bin", human(args.ttfb_big))):
+        report(
+            f"mount, first 4 KiB of {label}",
+            statistics.median(results[name]),
+            baseline=t_raw,
+            baseline_label="raw GET",
+        )
+    ratio = statistics.median(results["big.bin"]) / statistics.median(results["small.bin"])
+    print(f"{'TTFB big / small':<44} {ratio:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
