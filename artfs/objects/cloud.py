@@ -190,8 +190,10 @@ def _transient(e: BaseException) -> bool:
     ):
         return False
     text = str(e)
-    # A 4xx the service meant (bad request, range, auth) will not change on retry.
-    return not any(f"status code: 4{d}" in text for d in "0123456789")
+    if "status code: 408" in text or "status code: 429" in text:
+        return True  # request timeout, throttling: retry, with backoff
+    # Any other 4xx the service meant (bad request, range, auth): same answer next time.
+    return "status code: 4" not in text
 
 
 class CloudStore(ObjectStore):
@@ -263,17 +265,30 @@ class CloudStore(ObjectStore):
 
     # -- error mapping and retries ----------------------------------------
 
-    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+    def _call(
+        self,
+        what: str,
+        key: str,
+        fn: Callable[[], T],
+        progress: Callable[[], int] | None = None,
+    ) -> T:
         """Run ``fn`` with retries on transient failures, until ``timeout``.
 
         obstore retries 5xx and connection failures itself within the same
         window; this loop adds the failures it does not retry (a body cut off
-        halfway) and maps errors onto the store's exceptions.
+        halfway) and maps errors onto the store's exceptions. With
+        ``progress`` (a byte count), an attempt that moved it forward starts
+        the window afresh: a long transfer is bounded by a stall, not its size.
         """
         deadline = time.monotonic() + self.timeout
         delay = 0.1
         attempt = 0
+        done = progress() if progress else 0
         while True:
+            if progress is not None and progress() != done:
+                done = progress()
+                deadline = time.monotonic() + self.timeout
+                delay = 0.1
             attempt += 1
             try:
                 return fn()
@@ -368,22 +383,26 @@ class CloudStore(ObjectStore):
         """Stream the object into ``out``; a body cut off is resumed where it stopped."""
         written = 0
         etag: str | None = None
+        total: int | None = None
 
         def stream() -> int:
-            nonlocal written, etag
+            nonlocal written, etag, total
             options: dict[str, Any] = {}
             if written:
+                if total is not None and written >= total:
+                    return written  # cut off after the last byte
                 options["range"] = {"offset": written}
                 options["if_match"] = etag  # resume only the same object
             result = obstore.get(self._store, key, options=options or None)
             if etag is None:
                 etag = result.meta.get("e_tag")
+                total = int(result.meta["size"])
             for chunk in result.stream(min_chunk_size=_DOWNLOAD_CHUNK):
                 out.write(chunk)
                 written += len(chunk)
             return written
 
-        return self._call("download", key, stream)
+        return self._call("download", key, stream, progress=lambda: written)
 
     def put(
         self, key: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None
