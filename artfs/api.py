@@ -145,7 +145,7 @@ class Api:
         paths: Iterable[str | os.PathLike[str]],
         name: str,
         *,
-        type: str = "dataset",
+        type: str | None = None,
         aliases: Iterable[str] = (),
         description: str = "",
         metadata: dict[str, Any] | None = None,
@@ -157,6 +157,7 @@ class Api:
 
         A directory's contents go at the artifact's root (like
         ``wandb artifact put dir/``); a file goes under its own name.
+        ``type`` defaults to the artifact's, or ``dataset`` for a new one.
         ``progress`` is called with the bytes hashed; ``phases``, if given,
         instead is called as ``phases("hashing", total_bytes)`` and
         ``phases("uploading", total_bytes)`` and returns each phase's callback.
@@ -168,6 +169,11 @@ class Api:
             )
         for alias in aliases:
             names.check_alias(alias)
+        if type is None:
+            try:
+                type = self.repo.artifact(ref.project, ref.artifact).type
+            except RepoError:
+                type = "dataset"
         builder, files = build_tree(paths)
         upload_progress = None
         if phases is not None:

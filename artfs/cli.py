@@ -317,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("put", cmd_put, "store files or directories as a new version")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-n", "--name", required=True, help="project/artifact")
-    p.add_argument("-t", "--type", default="dataset")
+    p.add_argument(
+        "-t", "--type", help="artifact type (default: the artifact's, or dataset for a new one)"
+    )
     p.add_argument("-a", "--alias", action="append", default=[])
     p.add_argument("-d", "--description")
     p.add_argument("-m", "--metadata", help="a JSON object, or a file holding one")

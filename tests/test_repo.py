@@ -224,6 +224,11 @@ def test_unknown_refs_and_types(api: Api, tmp_path: Path) -> None:
         api.artifact("proj/ds:v9")
     with pytest.raises(RepoError, match="type 'model'"):
         api.put([_tree(tmp_path, "t")], "proj/ds", type="dataset")
+    # Without a type, a put keeps the artifact's.
+    assert api.put([_tree(tmp_path, "u")], "proj/ds").version.number == 1
+    assert api.artifact("proj/ds").type == "model"
+    assert api.put([_tree(tmp_path, "w")], "proj/new").version.number == 0
+    assert api.artifact("proj/new").type == "dataset"
     with pytest.raises(BadName):
         api.put([_tree(tmp_path, "t")], "proj/ds:v1")
 
@@ -252,3 +257,10 @@ def test_save_without_changes_writes_nothing(api: Api, tmp_path: Path) -> None:
     art.metadata["a"] = 1
     art.save()
     assert store_snapshot(api.repo.store) == before
+
+
+def test_version_size_counts_every_file(api: Api, tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "src", {"a": "x" * 1000, "b": "x" * 1000, "c": "y" * 10})
+    result = api.put([src], "proj/ds")
+    assert (result.version.size, result.version.file_count) == (2010, 3)
+    assert (result.new_blobs, result.new_bytes) == (2, 1010)

@@ -133,7 +133,7 @@ def commit_tree(
         with contextlib.suppress(PreconditionFailed):
             repo.store.put_file(layout.blob_key(manifest_digest), manifest_file, if_absent=True)
 
-    total = sum(needed.values())
+    total = sum(size for _, size, _ in builder.files())  # every file, duplicates too
     version = repo.create_version_record(
         Version(
             project=project,
