@@ -30,6 +30,7 @@ from artfs.fs.nodes import (
 )
 from artfs.manifest import DIR, SYMLINK
 from artfs.staging import (
+    BASE,
     COMMIT,
     CONTROL_FILES,
     RESERVED,
@@ -91,6 +92,25 @@ class StagedHandle(FileHandle):
             self.file.release()
 
 
+class BaseHandle(StagedHandle):
+    """An open ``.base``: once written, names the kernel thought absent may exist."""
+
+    def __init__(self, f: StagedFile, staging: StagingNode) -> None:
+        super().__init__(f)
+        self.staging = staging
+
+    def release(self) -> None:
+        wrote = self.file.writable
+        super().release()
+        if wrote:
+            with reasons("list staging after a .base change"):
+                names = [name for name, _ in self.staging.area.listdir("")]
+            for name in names:
+                pyfuse3.invalidate_entry_async(
+                    self.staging.inode, name.encode(), ignore_enoent=True
+                )
+
+
 class CommitHandle(FileHandle):
     """An open ``.commit``: writes are taken and dropped; the commit is the touch."""
 
@@ -145,7 +165,10 @@ class StagedDir(Node):
             return node  # type: ignore[return-value]
 
     def negative_timeout(self) -> float:
-        return 0.0
+        # Without a base, a name absent from staging appears only through
+        # this mount, which the kernel sees: let it remember absent names
+        # (cp looks each name up twice). A .base makes names appear.
+        return STAGING_TTL if self.area.base() is None else 0.0
 
     def lookup(self, name: str) -> Node | None:
         with reasons(f"lookup {self._sub(name)}"):
@@ -443,7 +466,8 @@ class ControlNode(Node):
         if self.name == COMMIT:
             return CommitHandle()
         with reasons(f"open {self.describe()}"):
-            handle = StagedHandle(self.area.open_control(self.name, flags))
+            f = self.area.open_control(self.name, flags)
+        handle = BaseHandle(f, self.staging_node) if self.name == BASE else StagedHandle(f)
         if self.name == STATUS:
             handle.direct_io = True  # its size is not known before it is read
         return handle
