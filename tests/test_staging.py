@@ -63,7 +63,7 @@ def blobs(store: Path) -> set[str]:
 
 
 def test_commit_makes_a_version_and_empties_staging(
-    manager: StagingManager, api: Api, tmp_path: Path
+    manager: StagingManager, api: Api, tmp_path: Path, store_url: str
 ) -> None:
     area = manager.area("proj", "ds")
     area.mkdir("d")
@@ -74,8 +74,12 @@ def test_commit_makes_a_version_and_empties_staging(
     set_control(area, METADATA, '{"rows": 3}')
     set_control(area, DESCRIPTION, "first cut\n")
     set_control(area, ALIASES, "best\nprod\n")
+    staged_ino = os.lstat(area.files / "d/a.txt").st_ino
     result = area.commit()
     v = result.version
+    # the store took the staged file itself: renamed, not copied
+    digest = dict((p, d) for p, _s, d in api.artifact(v.ref).files())["d/a.txt"]
+    assert os.lstat(Path(store_url) / layout.blob_key(digest)).st_ino == staged_ino
     assert (v.number, v.file_count, v.description, v.metadata) == (0, 2, "first cut", {"rows": 3})
     assert sorted(v.aliases) == ["best", "latest", "prod"]
     out = api.artifact("proj/ds:v0").download(tmp_path / "out")
