@@ -62,8 +62,9 @@ def scenario(base: Path, name: str, files: int, size: int, change: float, cold: 
 
     drop_caches(cold)
     t = timed(lambda: run(artfs_cmd("put", str(tree), "-n", ref), env))
-    report("artfs put (new artifact)", t, nbytes=total, baseline=cp)
-    report("", t, baseline=cp_sync, baseline_label="cp -r && sync")
+    report(
+        "artfs put (new artifact)", t, nbytes=total, baseline=cp, more={"cp -r && sync": cp_sync}
+    )
     drop_caches(cold)
     t = timed(lambda: run(artfs_cmd("get", ref, "--root", str(base / name / "get1")), env))
     report("artfs get (empty cache: store -> cache -> link)", t, nbytes=total, baseline=cp)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DIR = Path("/tmp/artfs-bench")
@@ -135,15 +135,14 @@ class Figure:
     label: str
     seconds: float
     nbytes: int | None = None
-    baseline: float | None = None
-    baseline_label: str = "cp -r"
+    baselines: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
-        parts = [f"{self.label:<44} {self.seconds:8.2f} s"]
-        if self.nbytes:
-            parts.append(f"{self.nbytes / self.seconds / (1 << 20):8.1f} MiB/s")
-        if self.baseline:
-            parts.append(f"{self.seconds / self.baseline:6.2f}x {self.baseline_label}")
+        parts = [f"{self.label:<48} {self.seconds:8.2f} s"]
+        parts.append(f"{self.nbytes / self.seconds / (1 << 20):8.1f} MiB/s" if self.nbytes else "")
+        ratios = [f"{self.seconds / t:.2f}x {name}" for name, t in self.baselines.items() if t]
+        if ratios:
+            parts.append(", ".join(ratios))
         return "  ".join(parts)
 
 
@@ -154,9 +153,13 @@ def report(
     nbytes: int | None = None,
     baseline: float | None = None,
     baseline_label: str = "cp -r",
+    more: dict[str, float] | None = None,
 ) -> Figure:
-    """Print one figure: time, throughput, and its ratio to the baseline (>1 is slower)."""
-    fig = Figure(label, seconds, nbytes, baseline, baseline_label)
+    """Print one figure: time, throughput, and its ratio to each baseline
+    (>1 is slower). ``more`` adds baselines by name."""
+    baselines = {baseline_label: baseline} if baseline else {}
+    baselines.update(more or {})
+    fig = Figure(label, seconds, nbytes, baselines)
     print(fig.line(), flush=True)
     return fig
 
