@@ -15,5 +15,6 @@ test: setup
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
+# Every benchmark at full size, one after another (bench/*.py --help for smaller runs).
 bench: setup
-	.venv/bin/python -m bench.run
+	for b in bench/bench_*.py; do .venv/bin/python -m bench.$$(basename $$b .py) || exit 1; done
