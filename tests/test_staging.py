@@ -78,7 +78,7 @@ def test_commit_makes_a_version_and_empties_staging(
     result = area.commit()
     v = result.version
     # the store took the staged file itself: renamed, not copied
-    digest = dict((p, d) for p, _s, d in api.artifact(v.ref).files())["d/a.txt"]
+    digest = {p: d for p, _s, d in api.artifact(v.ref).files()}["d/a.txt"]
     assert os.lstat(Path(store_url) / layout.blob_key(digest)).st_ino == staged_ino
     assert (v.number, v.file_count, v.description, v.metadata) == (0, 2, "first cut", {"rows": 3})
     assert sorted(v.aliases) == ["best", "latest", "prod"]

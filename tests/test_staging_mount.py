@@ -284,6 +284,13 @@ def test_mkdir_names_and_type(mount, api: Api) -> None:
     with pytest.raises(OSError) as e:
         os.setxattr(staging, "user.artfs.type", b"dataset")
     assert e.value.errno == errno.EPERM
+    (m.path / "proj/scratch").mkdir()
+    assert "scratch" in os.listdir(m.path / "proj")
+    os.rmdir(m.path / "proj/scratch")
+    assert "scratch" not in os.listdir(m.path / "proj")
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.path / "proj/model")
+    assert e.value.errno == errno.EPERM
     # survives a remount: the artifact made by mkdir and never committed, too
     (m.path / "proj/pending").mkdir()
     (m.path / "proj/pending/staging/kept.txt").write_text("kept")
