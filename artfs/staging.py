@@ -990,6 +990,15 @@ class StagingArea:
         options = self._commit_options()
         type = self.artifact_type()
         builder, files = self._build()
+        stored: set[str] = set()
+        base = self.base()
+        if base is not None:
+            v = base[0]
+            try:
+                self.repo.version(v.project, v.artifact, v.number)
+            except NotFoundError:
+                raise StagingError(errno.ENOENT, f"the base {v.ref} was deleted") from None
+            stored = base[1].digests()  # kept by gc while that version lives
 
         known: dict[str, Path] = {}
         unknown: list[tuple[str, Path]] = []
@@ -1035,6 +1044,7 @@ class StagingArea:
                 type=type,
                 logged_by=logged_by,
                 move=links is not sources,
+                stored=stored,
                 **options,
             )
         except BaseException:

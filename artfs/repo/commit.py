@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ def commit_tree(
     logged_by: str | None = None,
     move: bool = False,
     progress: Progress | None = None,
+    stored: Collection[str] = frozenset(),
 ) -> CommitResult:
     """Store ``builder``'s tree as the next version of ``project/artifact``.
 
@@ -109,7 +110,9 @@ def commit_tree(
             return CommitResult(repo.version(project, artifact, latest), False, 0, 0, 0)
 
     needed = {digest: size for _, size, digest in builder.files()}
-    missing = [d for d in needed if d not in sources]
+    # ``stored``: blobs of a live version the tree was edited from (a .base),
+    # which gc keeps; checking each would cost a request per unchanged file.
+    missing = [d for d in needed if d not in sources and d not in stored]
     if missing:
         # Files carried over from an existing version (a .base) must already be stored.
         absent = [d for d in missing if not repo.blob_exists(d)]
