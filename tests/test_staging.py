@@ -365,3 +365,16 @@ def test_writes_after_a_flush_drop_the_recorded_digest(manager: StagingManager, 
     files = {p: d for p, _s, d in api.artifact(area.commit().version.ref).files()}
     assert files["f"] == digest_bytes(b"b" + b"a" * 99)
     assert files["g"] == digest_bytes(b"xxxxxYxxxx")
+
+
+def test_commit_on_a_deleted_base_is_refused(manager: StagingManager, api: Api, tmp_path) -> None:
+    api.put([make_tree(tmp_path / "a", {"a": "1", "b": "2"})], "proj/ds")
+    area = manager.area("proj", "ds")
+    set_control(area, BASE, "v0")
+    write(area, "c", b"3")
+    api.repo.delete_version(api.repo.version("proj", "ds", 0), delete_aliases=True)
+    with pytest.raises(StagingError) as e:
+        area.commit()
+    assert e.value.errno == errno.ENOENT
+    assert "proj/ds:v0 was deleted" in area.status()
+    assert read(area, "c") == b"3"
