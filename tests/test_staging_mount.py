@@ -407,3 +407,25 @@ def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env
         assert "commit of proj/ds failed" in (staging / ".status").read_text()
         assert (staging / "big.bin").read_bytes() == data
         assert version_numbers(str(small_store / "store"), "proj", "ds") == []
+
+
+def test_mv_of_a_base_directory(mount, api: Api, tmp_path, store_url) -> None:
+    src = make_tree(tmp_path / "src", {"part/a": "a", "part/sub/b": "b", "keep": "k"})
+    api.put([src], "proj/ds")
+    m = mount()
+    staging = m.path / "proj/ds/staging"
+    (staging / ".base").write_text("v0")
+    with pytest.raises(OSError) as e:
+        os.rename(staging / "part", staging / "moved")
+    assert e.value.errno == errno.EXDEV  # like overlayfs: mv then copies
+    subprocess.run(["mv", str(staging / "part"), str(staging / "moved")], check=True)
+    before = blob_names(store_url)
+    assert touch_commit(staging).returncode == 0
+    assert len(blob_names(store_url) - before) == 1  # the manifest; the bytes were all there
+    assert read_tree(m.path / "proj/ds/v1") == {
+        "keep": ("f", b"k", False),
+        "moved": ("d",),
+        "moved/a": ("f", b"a", False),
+        "moved/sub": ("d",),
+        "moved/sub/b": ("f", b"b", False),
+    }
