@@ -186,7 +186,7 @@ def prepare_mountpoint(mountpoint: Path) -> None:
         print(f"artfs: {mountpoint}: recovering from a dead mount", file=sys.stderr)
         _detach(mountpoint)
     if not mountpoint.is_dir():
-        raise MountError(f"cannot mount on {mountpoint}: not a directory")
+        raise MountError(f"cannot mount on {mountpoint}: no such directory, or not a directory")
     fs_type = mounted_fs_type(mountpoint)
     if fs_type is not None and fs_type.startswith("fuse"):
         raise MountError(f"{mountpoint} is already mounted ({fs_type}); artfs umount it first")
