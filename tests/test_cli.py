@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from artfs.objects import open_store
+from artfs.objects.local import LocalStore
 from tests.trees import blob_keys, make_tree, read_tree, store_snapshot
 
 
@@ -255,18 +256,25 @@ def test_put_killed_mid_upload_leaves_no_version(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    # Uploading has started when blobs appear; a local store first copies a
+    # batch of them to temporary names, all made durable at once, then links.
+    local_tmp = store.root / ".tmp" if isinstance(store, LocalStore) else None
+
+    def uploading() -> bool:
+        if local_tmp is not None:
+            return len(os.listdir(local_tmp)) >= 3
+        return len(blob_keys(store)) >= blobs_before + 3
+
     try:
         deadline = time.monotonic() + 60
-        while len(blob_keys(store)) < blobs_before + 3:
+        while not uploading():
             assert proc.poll() is None, "put finished before it could be killed"
             assert time.monotonic() < deadline
-            time.sleep(0.01)
+            time.sleep(0.005)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    uploaded = len(blob_keys(store)) - blobs_before
-    assert 3 <= uploaded < 64
     versions = json.loads(run_artfs("ls", "proj/ds", "--json").stdout)
     assert [v["version"] for v in versions] == [0]
     assert json.loads(run_artfs("show", "proj/ds", "--json").stdout)["version"] == 0
