@@ -365,6 +365,61 @@ def test_file_over_4_gib(cache_dir: Path, tmp_path: Path, mount) -> None:
         assert f.read(16) == b"\0" * 16
 
 
+def test_a_slow_fetch_holds_up_no_other_request(cache_dir: Path, tmp_path: Path, mount) -> None:
+    # A local store whose blob is a named pipe: its fetch waits until the
+    # test writes the bytes, as long as a slow network would.
+    local = str(tmp_path / "local-store")
+    api = Api(store=local, cache=str(cache_dir))
+    data = np.random.default_rng(5).bytes(1 << 20)
+    src = make_tree(tmp_path / "src", {"slow.bin": data, "fast.txt": "fast"})
+    api.put([src], "proj/ds")
+    files = {p: d for p, _, d in api.artifact("proj/ds:v0").files()}
+    blob = api.repo.store.local_path(blob_key(files["slow.bin"]))
+    assert blob is not None
+    blob.unlink()
+    os.mkfifo(blob)
+
+    m = mount("--via-cache", store=local)
+    v0 = m.path / "proj/ds/v0"
+    got: dict[str, object] = {}
+
+    def slow_reader() -> None:
+        try:
+            got["data"] = (v0 / "slow.bin").read_bytes()
+        except OSError as e:
+            got["error"] = e
+
+    t = threading.Thread(target=slow_reader)
+    t.start()
+    try:
+        time.sleep(0.5)
+        assert t.is_alive(), got
+        seen: list[object] = []
+
+        def others() -> None:
+            seen.append((v0 / "fast.txt").read_text())
+            seen.append(sorted(os.listdir(v0)))
+            seen.append(os.getxattr(v0, "user.artfs.version"))
+            seen.append(sorted(os.listdir(m.path / "proj" / "ds")))
+
+        fast = threading.Thread(target=others, daemon=True)
+        fast.start()
+        fast.join(10)  # a blocked event loop would hold these until the fetch ends
+        assert seen == ["fast", ["fast.txt", "slow.bin"], b"v0", ["latest", "staging", "v0"]]
+        assert t.is_alive()  # still waiting for its bytes
+        fd = os.open(blob, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO if nobody is fetching
+        os.set_blocking(fd, True)
+        with open(fd, "wb") as pipe:
+            pipe.write(data)
+        t.join(30)
+        assert got == {"data": data}
+    finally:
+        if t.is_alive():  # let a stuck fetch end (it fails its digest check)
+            with contextlib.suppress(OSError):
+                os.close(os.open(blob, os.O_WRONLY | os.O_NONBLOCK))
+            t.join(30)
+
+
 def test_sigterm_unmounts_cleanly(api, mount, source: Path) -> None:
     api.put([source], "proj/ds")
     m = mount()
