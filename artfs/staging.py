@@ -234,6 +234,7 @@ class StagingArea:
         self._whiteouts = {r[0] for r in self._db.execute("SELECT path FROM whiteout")}
         self._opaque = {r[0] for r in self._db.execute("SELECT path FROM opaque")}
         self._open: dict[int, set[StagedFile]] = {}
+        self._kv_cache: dict[str, str | None] = {}
         self._base: tuple[Version, Manifest] | None = None
         self._base_key: str | None = None
         with self._lock, self._commit_lock():
@@ -250,9 +251,12 @@ class StagingArea:
     # -- small state -------------------------------------------------------
 
     def _kv(self, key: str) -> str | None:
-        with self._db_lock:
-            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        # Every lookup asks for the base: keep the few keys in memory too.
+        if key not in self._kv_cache:
+            with self._db_lock:
+                row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            self._kv_cache[key] = row[0] if row else None
+        return self._kv_cache[key]
 
     def _set_kv(self, key: str, value: str | None) -> None:
         with self._db_lock, self._db:
@@ -260,6 +264,7 @@ class StagingArea:
                 self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+        self._kv_cache[key] = value
 
     def _set_marks(
         self,
@@ -1190,6 +1195,7 @@ class StagingArea:
             for table in ("whiteout", "opaque", "hashed"):
                 self._db.execute(f"DELETE FROM {table}")
             self._db.execute("DELETE FROM kv WHERE key = 'base'")
+        self._kv_cache["base"] = None
         self._whiteouts.clear()
         self._opaque.clear()
         self._base, self._base_key = None, None
