@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
-from tests.s3server import s3_url, s3server  # noqa: F401 - fixtures
+from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # ARTFS_TEST_STORES=local runs only the local backend (e.g. for a quick loop).
 STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local").split(",")

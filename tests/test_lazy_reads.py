@@ -20,7 +20,7 @@ from artfs.digest import digest_bytes
 from artfs.objects.cloud import CloudStore
 from artfs.repo import layout
 from tests.faultproxy import FaultProxy
-from tests.s3server import BIG_SIZE, SMALL_SIZE, S3Server, TtfbStore, ttfb_store  # noqa: F401
+from tests.s3server import BIG_SIZE, SMALL_SIZE, S3Server, TtfbStore
 
 MiB = 1 << 20
 
@@ -238,7 +238,7 @@ def _ttfb(url: str, digest: str, size: int, cache_dir: Path) -> float:
 
 
 def test_time_to_first_byte_does_not_grow_with_file_size(
-    ttfb_store: TtfbStore,  # noqa: F811 - fixture
+    ttfb_store: TtfbStore,
     tmp_path: Path,
 ) -> None:
     small = []

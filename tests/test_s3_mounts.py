@@ -17,7 +17,7 @@ import pytest
 from artfs.api import Api
 from tests.faultproxy import FaultProxy, Faults
 from tests.mounting import mounted
-from tests.s3server import S3Server, TtfbStore, ttfb_store  # noqa: F401 - fixture
+from tests.s3server import S3Server, TtfbStore
 from tests.trees import make_tree, read_tree
 
 MiB = 1 << 20
@@ -134,7 +134,7 @@ def _first_byte(path: Path, offset: int) -> float:
 
 def test_time_to_first_byte_through_the_mount(
     mounts,
-    ttfb_store: TtfbStore,  # noqa: F811 - fixture
+    ttfb_store: TtfbStore,
 ) -> None:
     small, big = [], []
     for i in range(3):
