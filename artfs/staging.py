@@ -52,7 +52,15 @@ from artfs.digest import Hasher
 from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
 from artfs.objects.local import _fsync_dir
-from artfs.repo import CommitResult, NotFoundError, Repo, RepoError, Version, commit_tree
+from artfs.repo import (
+    CommitResult,
+    ConflictError,
+    NotFoundError,
+    Repo,
+    RepoError,
+    Version,
+    commit_tree,
+)
 from artfs.repo.commit import hash_files
 
 log = logging.getLogger("artfs.staging")
@@ -521,7 +529,7 @@ class StagingArea:
 
     # -- namespace operations ---------------------------------------------
 
-    def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> StagedFile:
+    def create(self, path: str, mode: int) -> StagedFile:
         with self._lock:
             self._check_new(path)
             self._upper_dirs(path.rpartition("/")[0])
@@ -1296,10 +1304,8 @@ class StagingManager:
         names.check_name(name, "project name")
         try:
             self.repo.create_project(name, exist_ok=False)
-        except RepoError as e:
-            if "exists" in str(e):
-                raise StagingError(errno.EEXIST, str(e)) from None
-            raise
+        except ConflictError as e:
+            raise StagingError(errno.EEXIST, str(e)) from None
 
     def close(self) -> None:
         with self._lock:

@@ -191,7 +191,7 @@ class StagedDir(Node):
 
     def create(self, name: str, mode: int, flags: int, ctx: Any) -> tuple[FileHandle, Any]:
         with reasons(f"create {self._sub(name)}"):
-            f = self.area.create(self._sub(name), mode, flags)
+            f = self.area.create(self._sub(name), mode)
             return StagedHandle(f), self.kid(name).attr()
 
     def symlink(self, name: str, target: str, ctx: Any) -> pyfuse3.EntryAttributes:
