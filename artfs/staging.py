@@ -824,8 +824,9 @@ class StagingArea:
             status = self.root / "status"
             st = os.stat(status if status.exists() else self.control)
             return Attr(FILE, 0o444, len(text), st.st_mtime_ns, st.st_ctime_ns)
-        if name == COMMIT:
-            t = int(float(self._kv("last_commit") or 0) * 1e9)
+        if name == COMMIT:  # its time: the last commit made here
+            last = self._kv("last_commit")
+            t = int(float(last) * 1e9) if last else os.stat(self.root).st_mtime_ns
             return Attr(FILE, 0o644, 0, t, t)
         return _attr_from_stat(os.stat(self.control / name))
 
