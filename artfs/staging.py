@@ -14,8 +14,8 @@ Each (project, artifact) has a ``StagingArea`` under the state directory::
 Everything lives on disk, so a restart or a crash loses nothing staged. With a
 ``.base`` the view is an overlay: the base manifest's entries, hidden by
 whiteouts (deleted paths) and opaque directories (re-made after a delete), and
-shadowed by the upper layer. No byte of the base is copied until a base file
-is opened for writing.
+shadowed by the upper layer. No byte of the base is copied until a write to a
+base file needs its old bytes (overwriting one from the start copies nothing).
 
 A commit hard-links each new staged file into ``commit/`` and hands the links
 to ``commit_tree(move=True)``: a local store on the same filesystem renames
@@ -471,7 +471,7 @@ class StagingArea:
 
     # -- making room in the upper layer -----------------------------------
 
-    def _check_new(self, path: str) -> str:
+    def _check_new(self, path: str) -> None:
         names.check_path(path)
         if "/" not in path and path in RESERVED:
             raise StagingError(errno.EEXIST, f"{path} is a control file of staging")
@@ -483,7 +483,6 @@ class StagingArea:
             raise StagingError(errno.ENOTDIR, f"not a directory: {parent}")
         if self.stat(path) is not None:
             raise StagingError(errno.EEXIST, f"exists: {path}")
-        return parent
 
     def _upper_dirs(self, path: str) -> None:
         """Make the upper layer hold directory ``path`` (a base dir gets an empty twin)."""
