@@ -454,10 +454,16 @@ class StagingArea:
             raise StagingError(errno.ENOENT, f"no such directory: {path}")
         return sorted(out.items())
 
-    def readlink(self, path: str) -> str:
+    def _existing(self, path: str, *, dir_ok: bool = True) -> Attr:
         a = self.stat(path)
         if a is None:
             raise StagingError(errno.ENOENT, f"no such file: {path}")
+        if a.is_dir and not dir_ok:
+            raise StagingError(errno.EISDIR, f"is a directory: {path}")
+        return a
+
+    def readlink(self, path: str) -> str:
+        a = self._existing(path)
         if a.kind != SYMLINK or a.target is None:
             raise StagingError(errno.EINVAL, f"not a symlink: {path}")
         return a.target
@@ -557,11 +563,7 @@ class StagingArea:
 
     def unlink(self, path: str) -> None:
         with self._lock:
-            a = self.stat(path)
-            if a is None:
-                raise StagingError(errno.ENOENT, f"no such file: {path}")
-            if a.is_dir:
-                raise StagingError(errno.EISDIR, f"is a directory: {path}")
+            self._existing(path, dir_ok=False)
             self._remove(path)
 
     def rmdir(self, path: str) -> None:
@@ -643,9 +645,7 @@ class StagingArea:
 
     def chmod(self, path: str, mode: int) -> None:
         with self._lock:
-            a = self.stat(path)
-            if a is None:
-                raise StagingError(errno.ENOENT, f"no such file: {path}")
+            a = self._existing(path)
             if a.kind == SYMLINK:
                 return
             if a.digest is not None and (a.mode & 0o777) == (mode & 0o777):
@@ -670,9 +670,7 @@ class StagingArea:
 
     def truncate(self, path: str, size: int) -> None:
         with self._lock:
-            a = self.stat(path)
-            if a is None:
-                raise StagingError(errno.ENOENT, f"no such file: {path}")
+            a = self._existing(path)
             if a.kind != FILE:
                 raise StagingError(
                     errno.EISDIR if a.is_dir else errno.EINVAL, f"not a file: {path}"
@@ -695,11 +693,7 @@ class StagingArea:
     def open(self, path: str, flags: int) -> StagedFile:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         with self._lock:
-            a = self.stat(path)
-            if a is None:
-                raise StagingError(errno.ENOENT, f"no such file: {path}")
-            if a.is_dir:
-                raise StagingError(errno.EISDIR, f"is a directory: {path}")
+            a = self._existing(path, dir_ok=False)
             if not writable and a.digest is not None:
                 return StagedFile(
                     self, path, None, self.repo.cache.open_reader(a.digest, a.size), writable=False

@@ -119,14 +119,19 @@ class WritableArtifact(ArtifactNode):
             log.info("alias %s:%s -> v%d", self.describe(), name, version.number)
         return _made(self, name)
 
+    def _alias(self, name: str) -> AliasNode:
+        """The alias link ``name``, which may be changed by hand."""
+        node = self.lookup(name)
+        if node is None:
+            raise StagingError(errno.ENOENT, f"no {name} in {self.describe()}")
+        if not isinstance(node, AliasNode):
+            raise StagingError(errno.EPERM, f"{name} is not an alias")
+        self._check_alias(name)
+        return node
+
     def unlink(self, name: str, ctx: Any) -> None:
         with reasons(f"rm {self.describe()}/{name}"):
-            node = self.lookup(name)
-            if node is None:
-                raise StagingError(errno.ENOENT, f"no {name} in {self.describe()}")
-            if not isinstance(node, AliasNode):
-                raise StagingError(errno.EPERM, f"{name} is not an alias")
-            self._check_alias(name)
+            self._alias(name)
             art = self.artifact
             self.ctx.repo.remove_alias(art.project, art.name, name)
             log.info("alias %s:%s removed", self.describe(), name)
@@ -148,12 +153,7 @@ class WritableArtifact(ArtifactNode):
         if new_parent_inode != self.inode:
             raise fuse_error(errno.EXDEV)
         with reasons(f"mv {self.describe()}/{name_old} {name_new}"):
-            node = self.lookup(name_old)
-            if node is None:
-                raise StagingError(errno.ENOENT, f"no {name_old} in {self.describe()}")
-            if not isinstance(node, AliasNode):
-                raise StagingError(errno.EPERM, f"{name_old} is not an alias")
-            self._check_alias(name_old)
+            node = self._alias(name_old)
             self._check_alias(name_new)
             existing = self.lookup(name_new)
             if existing is not None:
