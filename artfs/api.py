@@ -258,6 +258,8 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
     are then read-only, like DVC's hardlink cache), else copied. A file that
     already holds the right bytes is left alone.
     """
+    if dest.exists() and not dest.is_dir():
+        raise RepoError(f"cannot get into {dest}: not a directory")
     manifest = repo.manifest(version)
     dest.mkdir(parents=True, exist_ok=True)
     files = []

@@ -197,6 +197,7 @@ def _bad_inputs(tmp_path: Path, src: Path) -> list[tuple[list[str], str]]:
         (["get", "proj/ds:v9"], "no version proj/ds:v9"),
         (["get", "proj/nope"], "no artifact proj/nope"),
         (["get", "nope/ds"], "no artifact nope/ds"),
+        (["get", "proj/ds", "--root", str(meta_dir)], "not a directory"),
         (["show", "proj/ds:nope"], "no alias 'nope'"),
         (["show", "proj/ds:"], "bad ref"),
         (["alias", "set", "proj/ds:v0", "latest"], "latest"),
