@@ -16,8 +16,11 @@ import pytest
 from artfs.api import Api
 from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
-# ARTFS_TEST_STORES=local runs only the local backend (e.g. for a quick loop).
-STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local").split(",")
+# Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
+# on loopback). ARTFS_TEST_STORES=local runs only one kind (e.g. a quick loop).
+# A test about the local directory itself (paths, inodes) pins its kind with
+# @pytest.mark.parametrize("store_url", ["local"], indirect=True).
+STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local,s3").split(",")
 
 
 @pytest.fixture(params=STORE_KINDS)

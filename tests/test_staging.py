@@ -62,6 +62,7 @@ def blobs(store: Path) -> set[str]:
     return {p.name for p in (store / "blobs").rglob("xxh128:*")}
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_commit_makes_a_version_and_empties_staging(
     manager: StagingManager, api: Api, tmp_path: Path, store_url: str
 ) -> None:
@@ -132,6 +133,7 @@ def test_two_opens_writing_one_file_drop_the_hash(manager: StagingManager, api: 
     assert api.artifact(v.ref).files()[0][2] == digest_bytes(b"xxYYxxxxxxz")
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_base_overlay_commits_only_changes(
     manager: StagingManager, api: Api, tmp_path: Path, store_url: str
 ) -> None:
@@ -206,6 +208,7 @@ def test_bad_metadata_fails_and_leaves_staging(
     assert not (Path(store_url) / layout.versions_prefix("proj", "ds")).exists()
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_failed_store_write_restores_staging(
     manager: StagingManager, api: Api, store_url: str
 ) -> None:
@@ -236,6 +239,7 @@ def test_failed_store_write_restores_staging(
     assert area.commit().version.number == 0
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_kill_during_commit_then_recover(api: Api, tmp_path: Path, store_url: str) -> None:
     """kill -9 a process in the middle of a commit: no version, staging intact, then it works."""
     state = tmp_path / "state"

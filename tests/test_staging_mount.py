@@ -193,6 +193,7 @@ def test_posix_operations_in_staging(mount) -> None:
     }
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path, store_url) -> None:
     rng = random.Random(5)
     src = make_tree(
@@ -299,6 +300,7 @@ def test_mkdir_names_and_type(mount, api: Api) -> None:
     assert (m2.path / "proj/pending/staging/kept.txt").read_text() == "kept"
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_two_daemons_commit_one_artifact_at_once(mount, api: Api, tmp_path, store_url) -> None:
     api.put([make_tree(tmp_path / "v0", {"a": "0"})], "proj/ds")
     m1 = mount(state=tmp_path / "state1", cache=tmp_path / "cache1")
@@ -331,6 +333,7 @@ def test_two_daemons_commit_one_artifact_at_once(mount, api: Api, tmp_path, stor
     assert seen == {"1", "2"}
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_kill_9_during_a_large_commit(mount, tmp_path, store_url) -> None:
     rng = random.Random(3)
     src = make_tree(
@@ -409,6 +412,7 @@ def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env
         assert version_numbers(str(small_store / "store"), "proj", "ds") == []
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_mv_of_a_base_directory(mount, api: Api, tmp_path, store_url) -> None:
     src = make_tree(tmp_path / "src", {"part/a": "a", "part/sub/b": "b", "keep": "k"})
     api.put([src], "proj/ds")

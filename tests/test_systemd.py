@@ -153,6 +153,7 @@ def test_no_ready_when_the_mount_fails(artfs_env, tmp_path: Path) -> None:
         assert "READY=1" not in messages
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_fstab_helper_mounts_like_mount_8(artfs_env, store_url, tmp_path: Path) -> None:
     helper = ROOT / "systemd/mount.fuse.artfs"
     assert os.access(helper, os.X_OK)
