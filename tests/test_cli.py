@@ -342,6 +342,7 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_local_config_chain(run_artfs, clean_env: dict[str, str], tmp_path: Path) -> None:
     """--store, then $ARTFS_STORE, then the config file, then the default."""
     src = make_tree(tmp_path / "src", {"a": "a"})
@@ -412,6 +413,7 @@ def test_get_over_a_version_with_other_exec_bits_keeps_the_cache_intact(
     assert read_tree(out) == {"tool": ("f", b"#!/bin/sh\n", False), "data": ("f", b"d", False)}
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_config_values_of_the_wrong_type_are_one_line_errors(
     run_artfs, clean_env: dict[str, str], tmp_path: Path
 ) -> None:
