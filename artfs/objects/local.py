@@ -1,9 +1,10 @@
 """A store in a local directory.
 
 Atomicity comes from the filesystem: every write goes to a temporary file in
-``.tmp/`` that is fsynced, then linked (create-only: ``link`` fails if the
-name exists) or renamed (plain and compare-and-swap) into place, and the
-directory is fsynced before the call returns. Compare-and-swap holds across
+``.tmp/`` that is fsynced (a batch of them: one ``syncfs``), then linked
+(create-only: ``link`` fails if the name exists) or renamed (plain and
+compare-and-swap) into place, and the directory is fsynced before the call
+returns. Compare-and-swap holds across
 processes through an exclusive ``flock`` on ``.lock``.
 """
 
