@@ -113,6 +113,13 @@ def test_options_from_the_artfs_config_file(
     assert (store.timeout, store.max_concurrency) == (7.0, 3)
     store.put("k", b"v")
     assert store.get("k") == b"v"
+    # The environment beats the file, options given in code beat both.
+    monkeypatch.setenv("ARTFS_STORE_TIMEOUT", "9")
+    assert CloudStore(s3_url).timeout == 9.0
+    assert CloudStore(s3_url, {"timeout": 4}).timeout == 4.0
+    monkeypatch.setenv("ARTFS_STORE_TIMEOUT", "soon")
+    with pytest.raises(StoreError, match="bad object store option"):
+        CloudStore(s3_url)
 
 
 def test_credentials_from_an_aws_profile(

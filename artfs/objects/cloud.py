@@ -105,6 +105,13 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _option_text(value: Any) -> Any:
+    """obstore takes its config values as strings: TOML's true and 3 as "true" and "3"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
 def _config_file_options() -> dict[str, Any]:
     """The ``[object_store]`` table of the artfs config file, if any."""
     from artfs.config import config_path
@@ -200,13 +207,13 @@ class CloudStore(ObjectStore):
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url
         scheme = url.partition("://")[0]
+        # Precedence: the options given, then the environment, then the config file.
         opts = _config_file_options()
+        if os.environ.get("ARTFS_STORE_TIMEOUT"):
+            opts["timeout"] = os.environ["ARTFS_STORE_TIMEOUT"]
         opts.update(options or {})
         artfs_opts = {k: opts.pop(k) for k in list(opts) if k in _ARTFS_KEYS}
-        settings = dict(DEFAULTS)
-        if os.environ.get("ARTFS_STORE_TIMEOUT"):
-            settings["timeout"] = float(os.environ["ARTFS_STORE_TIMEOUT"])
-        settings.update({k: v for k, v in artfs_opts.items() if k in DEFAULTS})
+        settings = {**DEFAULTS, **{k: v for k, v in artfs_opts.items() if k in DEFAULTS}}
         try:
             self.timeout = float(settings["timeout"])
             request_timeout = float(settings["request_timeout"])
@@ -217,7 +224,7 @@ class CloudStore(ObjectStore):
         except (TypeError, ValueError) as e:
             raise StoreError(f"bad object store option: {e}") from None
 
-        store_config = {k: str(v) if isinstance(v, int | float) else v for k, v in opts.items()}
+        store_config = {k: _option_text(v) for k, v in opts.items()}
         endpoint = None
         if scheme == "s3":
             if "access_key_id" not in store_config and not os.environ.get("AWS_ACCESS_KEY_ID"):
