@@ -422,3 +422,19 @@ def test_config_values_of_the_wrong_type_are_one_line_errors(
     bad = run_artfs("ls", check=False, env={**clean_env, "ARTFS_CONFIG": str(config)})
     assert bad.returncode == 2 and "store must be a string" in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+def test_get_replaces_entries_of_the_wrong_kind(run_artfs, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    run_artfs("put", str(src), "-n", "proj/ds")
+    out = tmp_path / "out"
+    make_tree(out, {"README/inner.txt": "a dir where a file goes", "empty": "a file"})
+    os.symlink("elsewhere", out / "bin")  # a link where a directory goes
+    (out / "data").mkdir()
+    (out / "data" / "link").mkdir()  # a directory where a link goes
+    extra = make_tree(out, {"untracked.txt": "kept"}) / "untracked.txt"
+    run_artfs("get", "proj/ds", "--root", str(out))
+    got = read_tree(out)
+    assert got.pop("untracked.txt") == ("f", b"kept", False)  # not ours: left alone
+    assert got == read_tree(src)
+    assert extra.exists()
