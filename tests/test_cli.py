@@ -225,6 +225,9 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     run_artfs("put", str(src), "-n", "proj/ds", "-a", "best", "-m", '{"k": 1}')
     store = open_store(store_url)
     before = store_snapshot(store)
+    # A local store's directory itself, its temporary files included.
+    root = store.root if isinstance(store, LocalStore) else None
+    raw_before = _dir_snapshot(root) if root else None
     for args, expected in _bad_inputs(tmp_path, src):
         proc = run_artfs(*args, check=False)
         assert proc.returncode == 2, (args, proc.stderr)
@@ -235,6 +238,21 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
         )
         assert expected in proc.stderr, (args, proc.stderr)
         assert store_snapshot(store) == before, args
+        if root:
+            assert _dir_snapshot(root) == raw_before, args
+
+
+def _dir_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """path -> (inode, size, mtime) of everything under ``root`` but the lock file."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p == root / ".lock":
+                continue  # made on first compare-and-swap, holds no data
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
 
 
 def test_put_killed_mid_upload_leaves_no_version(
