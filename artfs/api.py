@@ -29,7 +29,7 @@ from artfs.config import Settings, load_settings
 from artfs.digest import digest_file
 from artfs.manifest import Entry, ManifestBuilder, scan_tree
 from artfs.objects import open_store
-from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files
+from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files, runs
 
 Progress = Callable[[int], None]
 PLACE_WORKERS = 8
@@ -109,6 +109,10 @@ class ArtifactVersion:
     def download(
         self, root: str | os.PathLike[str] | None = None, progress: Progress | None = None
     ) -> Path:
+        run_id = os.environ.get(runs.RUN_ENV)
+        if run_id:
+            # Inside `artfs run`, a download is a use, as W&B's use_artifact.
+            runs.record_use(self._api.repo, run_id, self._version)
         return self._api.download(self._version, root, progress)
 
     checkout = download
@@ -162,6 +166,8 @@ class Api:
         instead is called as ``phases("hashing", total_bytes)`` and
         ``phases("uploading", total_bytes)`` and returns each phase's callback.
         """
+        if logged_by is None:
+            logged_by = os.environ.get(runs.RUN_ENV) or None
         ref = names.Ref.parse(name)
         if ref.selector:
             raise names.BadName(

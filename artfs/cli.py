@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from artfs import names
 from artfs.api import Api
-from artfs.config import ConfigError, load_settings, parse_size
+from artfs.config import ConfigError, load_settings, parse_duration, parse_size
 from artfs.config import format_size as _fmt_size
 from artfs.objects import StoreError
 from artfs.repo import RepoError
@@ -275,6 +275,104 @@ def cmd_umount(args: argparse.Namespace) -> None:
         raise CliError(str(e)) from None
 
 
+def cmd_gc(args: argparse.Namespace) -> None:
+    from artfs.repo.gc import collect_garbage
+
+    api = _api(args)
+    try:
+        grace = parse_duration(args.grace)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    r = collect_garbage(api.repo, grace=grace, dry_run=args.dry_run)
+    verb = "would sweep" if r.dry_run else "swept"
+    print(
+        f"{verb} {r.swept_blobs} blobs ({_fmt_size(r.swept_bytes)}); "
+        f"{r.live_blobs} blobs in {r.live_versions} live versions kept"
+        + (
+            f"; {r.young_kept} unreferenced but younger than the grace period kept"
+            if r.young_kept
+            else ""
+        )
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from artfs.repo import runs
+
+    command = args.run_command
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise CliError("nothing to run: artfs run -- COMMAND [ARGS...]")
+    api = _api(args)
+    run = runs.start_run(api.repo, command)
+    print(f"artfs: run {run.id}", file=sys.stderr)
+    env = dict(os.environ, **{runs.RUN_ENV: run.id})
+    try:
+        code = subprocess.call(command, env=env)
+    except OSError as e:
+        runs.finish_run(api.repo, run, 127)
+        raise CliError(f"cannot run {command[0]}: {e.strerror}") from None
+    runs.finish_run(api.repo, run, code)
+    raise SystemExit(code)
+
+
+def cmd_lineage(args: argparse.Namespace) -> None:
+    from artfs.repo import runs
+
+    api = _api(args)
+    repo = api.repo
+    if args.run:
+        run = runs.get_run(repo, args.target)
+        used = runs.used_artifacts(repo, run.id)
+        logged = runs.logged_artifacts(repo, run.id)
+        if args.json:
+            _print_json(
+                {
+                    "run": run.to_record(),
+                    "used": [v.ref for v in used],
+                    "logged": [v.ref for v in logged],
+                }
+            )
+            return
+        print(f"run {run.id}: {' '.join(run.command)} (exit {run.exit_code})")
+        for v in used:
+            print(f"  used    {v.ref}")
+        for v in logged:
+            print(f"  logged  {v.ref}")
+        return
+    version = api.artifact(args.target).version
+    producer = runs.logged_by(repo, version)
+    consumers = runs.used_by(repo, version)
+    if args.json:
+        _print_json(
+            {
+                "ref": version.ref,
+                "logged_by": producer
+                and {
+                    **producer.to_record(),
+                    "used": [v.ref for v in runs.used_artifacts(repo, producer.id)],
+                },
+                "used_by": [
+                    {**r.to_record(), "logged": [v.ref for v in runs.logged_artifacts(repo, r.id)]}
+                    for r in consumers
+                ],
+            }
+        )
+        return
+    print(version.ref)
+    if producer:
+        print(f"  logged by run {producer.id}: {' '.join(producer.command)}")
+        for v in runs.used_artifacts(repo, producer.id):
+            print(f"    which used {v.ref}")
+    for r in consumers:
+        print(f"  used by run {r.id}: {' '.join(r.command)}")
+        for v in runs.logged_artifacts(repo, r.id):
+            print(f"    which logged {v.ref}")
+
+
 # -- parser ------------------------------------------------------------------
 
 
@@ -372,6 +470,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = cache_sub.add_parser("cleanup", parents=[common], help="prune the cache to SIZE")
     p.set_defaults(func=cmd_cache_cleanup)
     p.add_argument("size", metavar="SIZE", help="e.g. 1GB")
+
+    p = add("gc", cmd_gc, "delete blobs that no live version needs")
+    p.add_argument(
+        "--grace", default="6h", help="keep unreferenced blobs younger than this (default 6h)"
+    )
+    p.add_argument("--dry-run", action="store_true")
+
+    p = add("run", cmd_run, "run a command, recording what it uses and logs")
+    p.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+    p = add("lineage", cmd_lineage, "show the runs and versions around a version or run")
+    p.add_argument("target", metavar="REF|RUN_ID")
+    p.add_argument("--run", action="store_true", help="TARGET is a run id")
+    p.add_argument("--json", action="store_true")
 
     p = add("mount", cmd_mount, "mount the store as a filesystem")
     p.add_argument("mountpoint")

@@ -62,6 +62,25 @@ def parse_size(text: str | int | None) -> int | None:
     return int(value * mult)
 
 
+def parse_duration(text: str | float) -> float:
+    """'6h', '30m', '90s', '2d', '0' -> seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    t = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ConfigError(f"bad duration {text!r}: use a number with s, m, h or d") from None
+    if value < 0:
+        raise ConfigError(f"bad duration {text!r}: negative")
+    return value * mult
+
+
 def format_size(n: float) -> str:
     """Bytes for people: '1.2 GB' (powers of 1000, as ``du --si``)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):

@@ -41,3 +41,42 @@ def test_walk_from_artifact_and_from_run(api, tmp_path: Path) -> None:
     assert [r.id for r in consumers] == [prep.id]
     assert [v.ref for v in runs.logged_artifacts(repo, prep.id)] == [clean.ref]
     assert runs.used_by(repo, model) == []
+
+
+def test_cli_run_records_use_and_log_and_gc_sweeps(run_artfs, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    raw = make_tree(tmp_path / "raw", {"a.csv": "1,2,3"})
+    run_artfs("put", str(raw), "-n", "proj/raw")
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import artfs, sys\n"
+        "api = artfs.Api()\n"
+        f"api.artifact('proj/raw:latest').download({str(tmp_path / 'got')!r})\n"
+        f"api.put([{str(raw / 'a.csv')!r}], 'proj/model', type='model')\n"
+        "sys.exit(3)\n"
+    )
+    proc = run_artfs("run", "--", sys.executable, str(script), check=False)
+    assert proc.returncode == 3, proc.stderr  # the command's own exit status
+
+    up = json.loads(run_artfs("lineage", "proj/model", "--json").stdout)
+    assert up["logged_by"]["exit_code"] == 3
+    assert up["logged_by"]["used"] == ["proj/raw:v0"]
+    down = json.loads(run_artfs("lineage", "proj/raw", "--json").stdout)
+    assert [r["logged"] for r in down["used_by"]] == [["proj/model:v0"]]
+    run_id = up["logged_by"]["id"]
+    by_run = json.loads(run_artfs("lineage", "--run", run_id, "--json").stdout)
+    assert by_run["used"] == ["proj/raw:v0"] and by_run["logged"] == ["proj/model:v0"]
+
+    # Delete a version whose blob nothing else uses: gc keeps it while young,
+    # then sweeps it; the model (same bytes) keeps its blob.
+    (raw / "b.csv").write_text("only in v1")
+    run_artfs("put", str(raw), "-n", "proj/raw")
+    run_artfs("delete", "proj/raw:v1")
+    assert "swept 0 blobs" in run_artfs("gc").stdout
+    assert "swept 2 blobs" in run_artfs("gc", "--grace", "0").stdout  # b.csv + v1's manifest
+    assert run_artfs("get", "proj/model", "--root", str(tmp_path / "m")).returncode == 0
+    assert (tmp_path / "m" / "a.csv").read_text() == "1,2,3"
+    bad = run_artfs("gc", "--grace", "soon", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
