@@ -27,38 +27,21 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import random
 import statistics
 import time
 from pathlib import Path
 
 import obstore
-import xxhash
 from obstore.store import S3Store
 
 from artfs.api import Api
-from artfs.digest import digest_bytes
-from artfs.manifest import ManifestBuilder
-from artfs.repo import commit_tree, layout
+from artfs.repo import layout
 from bench.common import base_parser, drop_caches, human, make_tree, parse_size, report, workdir
 from tests.mounting import mounted
-from tests.s3server import start_seaweedfs, stop_seaweedfs
+from tests.s3server import start_seaweedfs, stop_seaweedfs, store_ttfb_version
 
 THREADS = 8
 PART = 8 << 20
-
-
-def raw_store(server, prefix: str, **extra) -> S3Store:
-    return S3Store(
-        server.bucket,
-        prefix=prefix,
-        endpoint=server.endpoint,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-        region=server.region,
-        client_options={"allow_http": True, "timeout": "120s"},
-        **extra,
-    )
 
 
 def files_under(root: Path) -> list[Path]:
@@ -122,7 +105,7 @@ def main() -> None:
 
 def run(args, base: Path, server, cold: bool) -> None:
     url = server.url("bench")
-    raw = raw_store(server, "raw")
+    raw = server.raw("raw")
     size = args.small_total // args.files
     print(f"SeaweedFS on 127.0.0.1:{server.port}; page cache dropped: {drop_caches(cold)}")
 
@@ -219,7 +202,7 @@ def run(args, base: Path, server, cold: bool) -> None:
 
     # 3. cold sequential read through the mount ------------------------------------
     digest = api.artifact("bench/big:v0").files()[0][2]
-    blob = raw_store(server, "bench")
+    blob = server.raw("bench")
     print(f"\ncold sequential read of {human(args.big)} through the mount")
     drop_caches(cold)
     t_raw = timed(lambda: ranged_download(blob, layout.blob_key(digest), args.big))
@@ -244,37 +227,16 @@ def run(args, base: Path, server, cold: bool) -> None:
         )
 
     # 4. time to first byte --------------------------------------------------------
-    ttfb_big(args, base, server, url, blob)
+    ttfb_big(args, base, server)
 
 
-def ttfb_big(args, base: Path, server, url: str, blob: S3Store) -> None:
-    small_data = random.Random(40).randbytes(40 << 20)
-    small_digest = digest_bytes(small_data)
-    h = xxhash.xxh3_128()
-    zeros = memoryview(bytes(16 << 20))
-    for _ in range(args.ttfb_big // len(zeros)):
-        h.update(zeros)
-    big_digest = "xxh128:" + h.hexdigest()
+def ttfb_big(args, base: Path, server) -> None:
     print(f"\ntime to first byte: 40 MiB and {human(args.ttfb_big)}, mount, cold cache")
-    upload = raw_store(server, "bench", unsigned_payload=True)
-    obstore.put(
-        upload,
-        layout.blob_key(big_digest),
-        (zeros for _ in range(args.ttfb_big // len(zeros))),
-        chunk_size=len(zeros),
-        max_concurrency=THREADS,
-    )
-    obstore.put(upload, layout.blob_key(small_digest), small_data)
-    api = Api(store=url, cache=str(base / "cache-ttfb"))
-    builder = ManifestBuilder()
-    builder.add_file("big.bin", args.ttfb_big, big_digest)
-    builder.add_file("small.bin", len(small_data), small_digest)
-    commit_tree(api.repo, "bench", "ttfb", builder, {})
-
+    ttfb = store_ttfb_version(server, base / "cache-ttfb", big_size=args.ttfb_big)
+    big_key = layout.blob_key(ttfb.big_digest)
+    raw_store = server.raw(ttfb.url.rsplit("/", 1)[1])
     raw = [
-        timed(
-            lambda: obstore.get_range(blob, layout.blob_key(big_digest), start=1 << 20, length=4096)
-        )
+        timed(lambda: obstore.get_range(raw_store, big_key, start=1 << 20, length=4096))
         for _ in range(5)
     ]
     t_raw = statistics.median(raw)
@@ -283,15 +245,15 @@ def ttfb_big(args, base: Path, server, url: str, blob: S3Store) -> None:
     for i in range(3):
         with mounted(
             base / f"mnt-ttfb{i}",
-            store_url=url,
+            store_url=ttfb.url,
             cache_dir=base / f"cache-ttfb{i}",
             state_dir=base / f"state-ttfb{i}",
             env=dict(os.environ),
         ) as m:
-            v0 = m.path / "bench/ttfb/v0"
+            v0 = m.path / "proj/ttfb/v0"
             for name in results:
-                (v0 / name).stat()
-                results[name].append(first_byte(v0 / name, (v0 / name).stat().st_size // 2))
+                size = (v0 / name).stat().st_size  # metadata first: time the bytes only
+                results[name].append(first_byte(v0 / name, size // 2))
     for name, label in (("small.bin", "40 MiB"), ("big.bin", human(args.ttfb_big))):
         report(
             f"mount, first 4 KiB of {label}",

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,21 @@ class S3Server:
 
     def url(self, prefix: str | None = None) -> str:
         return f"s3://{self.bucket}/{prefix or 't' + uuid.uuid4().hex[:12]}"
+
+    def raw(self, prefix: str | None = None, **options: Any) -> Any:
+        """A plain obstore S3Store on this server (for baselines and test set-up)."""
+        from obstore.store import S3Store
+
+        options.setdefault("client_options", {"allow_http": True, "timeout": "120s"})
+        return S3Store(
+            self.bucket,
+            prefix=prefix,
+            endpoint=self.endpoint,
+            access_key_id=self.access_key,
+            secret_access_key=self.secret_key,
+            region=self.region,
+            **options,
+        )
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         """AWS_* variables that point artfs at this server (or ``endpoint``)."""
@@ -133,16 +149,9 @@ def start_seaweedfs(
 
 def _wait_ready(server: S3Server, proc: subprocess.Popen, timeout: float) -> None:
     import obstore
-    from obstore.store import S3Store
 
-    store = S3Store(
-        server.bucket,
-        endpoint=server.endpoint,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-        region=server.region,
-        client_options={"allow_http": True, "timeout": "5s"},
-        retry_config={"max_retries": 0},
+    store = server.raw(
+        client_options={"allow_http": True, "timeout": "5s"}, retry_config={"max_retries": 0}
     )
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -214,18 +223,18 @@ class TtfbStore:
     small_data: bytes
 
 
-@pytest.fixture(scope="session")
-def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> TtfbStore:
-    """Built once per session: the 4 GiB upload takes SeaweedFS half a minute.
+def store_ttfb_version(
+    server: S3Server, cache_dir: Path, big_size: int = BIG_SIZE, small_size: int = SMALL_SIZE
+) -> TtfbStore:
+    """A new store prefix holding ``proj/ttfb:v0``: ``big.bin`` (zeros) and
+    ``small.bin`` (random).
 
-    The big blob is zeros, streamed from memory with an unsigned payload (no
-    file to read, no SHA-256 of 4 GiB), and its digest is computed in memory.
-    Both are committed as a version through the real registry, which finds
-    the blobs already stored.
+    The big blob is streamed from memory with an unsigned payload (no file to
+    read, no SHA-256 of gigabytes) and its digest computed in memory; both are
+    then committed through the real registry, which finds the blobs stored.
     """
     import obstore
     import xxhash
-    from obstore.store import S3Store
 
     from artfs.digest import digest_bytes
     from artfs.manifest import ManifestBuilder
@@ -233,37 +242,33 @@ def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
     from artfs.repo import Repo, commit_tree, layout
 
     prefix = "ttfb-" + uuid.uuid4().hex[:8]
-    h = xxhash.xxh3_128()
     zeros = memoryview(bytes(_ZERO_CHUNK))
-    for _ in range(BIG_SIZE // _ZERO_CHUNK):
-        h.update(zeros)
+    whole, rest = divmod(big_size, _ZERO_CHUNK)
+    pieces = [zeros] * whole + ([zeros[:rest]] if rest else [])
+    h = xxhash.xxh3_128()
+    for piece in pieces:
+        h.update(piece)
     big_digest = "xxh128:" + h.hexdigest()
-    small_data = random.Random(40).randbytes(SMALL_SIZE)
+    small_data = random.Random(40).randbytes(small_size)
     small_digest = digest_bytes(small_data)
-
-    raw = S3Store(
-        s3server.bucket,
-        prefix=prefix,
-        endpoint=s3server.endpoint,
-        access_key_id=s3server.access_key,
-        secret_access_key=s3server.secret_key,
-        region=s3server.region,
-        unsigned_payload=True,
-        client_options={"allow_http": True},
-    )
     obstore.put(
-        raw,
+        server.raw(prefix, unsigned_payload=True),
         layout.blob_key(big_digest),
-        (zeros for _ in range(BIG_SIZE // _ZERO_CHUNK)),
+        pieces,
         chunk_size=_ZERO_CHUNK,
         max_concurrency=8,
     )
-    url = s3server.url(prefix)
+    url = server.url(prefix)
     store = CloudStore(url)
     store.put(layout.blob_key(small_digest), small_data)
-    repo = Repo.open(store, str(tmp_path_factory.mktemp("ttfb-cache")))
     builder = ManifestBuilder()
-    builder.add_file("big.bin", BIG_SIZE, big_digest)
-    builder.add_file("small.bin", SMALL_SIZE, small_digest)
-    commit_tree(repo, "proj", "ttfb", builder, {})
+    builder.add_file("big.bin", big_size, big_digest)
+    builder.add_file("small.bin", small_size, small_digest)
+    commit_tree(Repo.open(store, str(cache_dir)), "proj", "ttfb", builder, {})
     return TtfbStore(url, big_digest, small_digest, small_data)
+
+
+@pytest.fixture(scope="session")
+def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> TtfbStore:
+    """Built once per session: the 4 GiB upload takes SeaweedFS half a minute."""
+    return store_ttfb_version(s3server, tmp_path_factory.mktemp("ttfb-cache"))
