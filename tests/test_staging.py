@@ -58,8 +58,12 @@ def set_control(area: StagingArea, name: str, text: str) -> None:
         h.release()
 
 
-def blobs(store: Path) -> set[str]:
-    return {p.name for p in (store / "blobs").rglob("xxh128:*")}
+def blobs(api: Api) -> set[str]:
+    return {layout.key_basename(o.key) for o in api.repo.store.iter_keys("blobs/")}
+
+
+def no_versions(api: Api, artifact: str) -> bool:
+    return not api.repo.store.list(layout.versions_prefix("proj", artifact)).objects
 
 
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
@@ -133,16 +137,15 @@ def test_two_opens_writing_one_file_drop_the_hash(manager: StagingManager, api: 
     assert api.artifact(v.ref).files()[0][2] == digest_bytes(b"xxYYxxxxxxz")
 
 
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
 def test_base_overlay_commits_only_changes(
-    manager: StagingManager, api: Api, tmp_path: Path, store_url: str
+    manager: StagingManager, api: Api, tmp_path: Path
 ) -> None:
     src = make_tree(
         tmp_path / "src",
         {f"d/f{i}.txt": f"file {i}" for i in range(10)} | {"keep/x": "x", "top": "t"},
     )
     api.put([src], "proj/ds")
-    before = blobs(Path(store_url))
+    before = blobs(api)
     area = manager.area("proj", "ds")
     set_control(area, BASE, "latest\n")
     assert [n for n, _ in area.listdir("")] == ["d", "keep", "top"]
@@ -163,7 +166,7 @@ def test_base_overlay_commits_only_changes(
     write(area, "new.txt", b"new")
     result = area.commit()
     assert result.version.number == 1
-    new = blobs(Path(store_url)) - before
+    new = blobs(api) - before
     # the changed file, the new file and the manifest; nothing else was stored
     assert result.new_blobs == 2 and len(new) == 3
     out = read_tree(api.artifact("proj/ds:v1").download(tmp_path / "out"))
@@ -192,9 +195,7 @@ def test_base_refs_and_errors(manager: StagingManager, api: Api, tmp_path: Path)
     assert area.listdir("") == [] and area.is_empty()
 
 
-def test_bad_metadata_fails_and_leaves_staging(
-    manager: StagingManager, api: Api, store_url: str
-) -> None:
+def test_bad_metadata_fails_and_leaves_staging(manager: StagingManager, api: Api) -> None:
     area = manager.area("proj", "ds")
     write(area, "a", b"data")
     write(area, "x.sh", b"run", 0o755)
@@ -205,7 +206,7 @@ def test_bad_metadata_fails_and_leaves_staging(
     assert e.value.errno == errno.EINVAL
     assert "bad .metadata.json" in area.status()
     assert (read_tree(area.files), read_tree(area.control)) == before
-    assert not (Path(store_url) / layout.versions_prefix("proj", "ds")).exists()
+    assert no_versions(api, "ds")
 
 
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
@@ -270,7 +271,7 @@ def test_kill_during_commit_then_recover(api: Api, tmp_path: Path, store_url: st
     finally:
         proc.wait()
     assert len(list(blob_dir.rglob("xxh128:*"))) >= 5, "the commit never started"
-    assert not (Path(store_url) / layout.versions_prefix("proj", "big")).exists()
+    assert no_versions(api, "big")
     manager = StagingManager(api.repo, state)
     try:
         area = manager.area("proj", "big")
@@ -382,3 +383,24 @@ def test_commit_on_a_deleted_base_is_refused(manager: StagingManager, api: Api, 
     assert e.value.errno == errno.ENOENT
     assert "proj/ds:v0 was deleted" in area.status()
     assert read(area, "c") == b"3"
+
+
+def test_open_writers_and_commits(manager: StagingManager, api: Api) -> None:
+    area = manager.area("proj", "ds")
+    h = area.create("f", 0o644)
+    h.write(0, b"half")
+    with pytest.raises(StagingError) as e:
+        area.commit()  # still being written: refused, nothing stored
+    assert e.value.errno == errno.EBUSY and "f is open for writing" in area.status()
+    assert no_versions(api, "ds")
+    h.write(4, b" done")
+    h.flush()  # closed by the program; the kernel's release may come later
+    v = area.commit().version
+    assert api.artifact(v.ref).files()[0][1] == 9
+    # the file's inode is a stored blob now: a late write must not reach it
+    with pytest.raises(StagingError) as e:
+        h.write(0, b"XXXX")
+    assert e.value.errno == errno.ESTALE
+    h.release()
+    blob = layout.blob_key(api.artifact(v.ref).files()[0][2])
+    assert api.repo.store.get(blob) == b"half done"

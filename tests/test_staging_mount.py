@@ -17,6 +17,7 @@ import pytest
 
 from artfs.api import Api
 from artfs.fs.daemon import wait_for_exit
+from artfs.objects import ObjectStore, open_store
 from artfs.repo import layout
 from tests.mounting import artfs_cli, mounted, stop_mount
 from tests.trees import make_tree, read_tree
@@ -67,13 +68,14 @@ def touch_commit(staging: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def blob_names(store: str) -> set[str]:
-    return {p.name for p in (Path(store) / "blobs").rglob("xxh128:*")}
+def blob_names(store: ObjectStore) -> set[str]:
+    return {layout.key_basename(o.key) for o in store.iter_keys("blobs/")}
 
 
-def version_numbers(store: str, project: str, artifact: str) -> list[int]:
-    d = Path(store) / layout.versions_prefix(project, artifact)
-    return sorted(int(p.stem) for p in d.glob("*.json")) if d.exists() else []
+def version_numbers(store: ObjectStore, project: str, artifact: str) -> list[int]:
+    """Numbers of the version records in the store, read as the store, not as a directory."""
+    objects = store.list(layout.versions_prefix(project, artifact)).objects
+    return sorted(int(layout.key_basename(o.key).removesuffix(".json")) for o in objects)
 
 
 @pytest.mark.parametrize("tool", ["cp", "rsync", "tar"])
@@ -193,8 +195,7 @@ def test_posix_operations_in_staging(mount) -> None:
     }
 
 
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
-def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path, store_url) -> None:
+def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path) -> None:
     rng = random.Random(5)
     src = make_tree(
         tmp_path / "src", {f"part/{i:02}.bin": rng.randbytes(20_000) for i in range(20)}
@@ -210,7 +211,7 @@ def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path, store_ur
     assert (staging / ".base").read_text() == "latest\n"
     assert "bad .base 'v9'" in (staging / ".status").read_text()
     assert len(os.listdir(staging / "part")) == 20
-    before = blob_names(store_url)
+    before = blob_names(api.repo.store)
     (staging / "part/00.bin").write_bytes(b"changed 0")
     with open(staging / "part/01.bin", "r+b") as f:
         f.seek(100)
@@ -220,7 +221,7 @@ def test_base_commit_stores_only_new_content(mount, api: Api, tmp_path, store_ur
     os.chmod(staging / "part/04.bin", 0o755)
     r = touch_commit(staging)
     assert r.returncode == 0, r.stderr
-    new = blob_names(store_url) - before
+    new = blob_names(api.repo.store) - before
     # three new contents and the manifest: the 17 unchanged files were not stored again
     assert len(new) == 4, new
     expected = read_tree(src)
@@ -253,7 +254,7 @@ def test_bad_metadata_fails_the_touch_and_keeps_staging(mount, store_url) -> Non
     assert {k: v for k, v in after.items() if k != ".status"} == {
         k: v for k, v in before.items() if k != ".status"
     }
-    assert version_numbers(store_url, "proj", "ds") == []
+    assert version_numbers(open_store(store_url), "proj", "ds") == []
     assert "bad .metadata.json" in m.log_text()
     (staging / ".metadata.json").write_text('{"rows": 1}')
     (staging / ".aliases").write_text("best\n")
@@ -300,8 +301,7 @@ def test_mkdir_names_and_type(mount, api: Api) -> None:
     assert (m2.path / "proj/pending/staging/kept.txt").read_text() == "kept"
 
 
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
-def test_two_daemons_commit_one_artifact_at_once(mount, api: Api, tmp_path, store_url) -> None:
+def test_two_daemons_commit_one_artifact_at_once(mount, api: Api, tmp_path) -> None:
     api.put([make_tree(tmp_path / "v0", {"a": "0"})], "proj/ds")
     m1 = mount(state=tmp_path / "state1", cache=tmp_path / "cache1")
     m2 = mount(state=tmp_path / "state2", cache=tmp_path / "cache2")
@@ -322,7 +322,7 @@ def test_two_daemons_commit_one_artifact_at_once(mount, api: Api, tmp_path, stor
     for t in threads:
         t.join()
     assert all(r.returncode == 0 for r in results.values()), results
-    assert version_numbers(store_url, "proj", "ds") == [0, 1, 2]
+    assert version_numbers(api.repo.store, "proj", "ds") == [0, 1, 2]
     assert api.repo.alias_target("proj", "ds", "latest") == 2
     seen = set()
     for n in (1, 2):
@@ -344,20 +344,21 @@ def test_kill_9_during_a_large_commit(mount, tmp_path, store_url) -> None:
     (m.path / "proj/big").mkdir()
     staging = m.path / "proj/big/staging"
     subprocess.run(["cp", "-r", f"{src}/.", str(staging)], check=True)
+    store = open_store(store_url)
     touch = subprocess.Popen(
         ["touch", str(staging / ".commit")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(blob_names(store_url)) < 3:
+        while time.monotonic() < deadline and len(blob_names(store)) < 3:
             time.sleep(0.001)
         os.kill(m.pid, signal.SIGKILL)
         assert wait_for_exit(m.pid, 10)
     finally:
         touch.wait(timeout=60)
     assert touch.returncode != 0
-    assert len(blob_names(store_url)) >= 3, "the commit never reached the store"
-    assert version_numbers(store_url, "proj", "big") == [], "the kill came too late"
+    assert len(blob_names(store)) >= 3, "the commit never reached the store"
+    assert version_numbers(store, "proj", "big") == [], "the kill came too late"
     stop_mount(m)
     m2 = mount()
     staging = m2.path / "proj/big/staging"
@@ -367,7 +368,7 @@ def test_kill_9_during_a_large_commit(mount, tmp_path, store_url) -> None:
     assert not (m2.path / "proj/big/v0").exists()
     r = touch_commit(staging)
     assert r.returncode == 0, r.stderr
-    assert version_numbers(store_url, "proj", "big") == [0]
+    assert version_numbers(store, "proj", "big") == [0]
     assert read_tree(m2.path / "proj/big/v0") == expected
     for p in (Path(store_url) / "blobs").rglob("xxh128:*"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o444
@@ -409,11 +410,10 @@ def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env
         assert r.returncode != 0 and "No space left on device" in r.stderr
         assert "commit of proj/ds failed" in (staging / ".status").read_text()
         assert (staging / "big.bin").read_bytes() == data
-        assert version_numbers(str(small_store / "store"), "proj", "ds") == []
+        assert version_numbers(open_store(str(small_store / "store")), "proj", "ds") == []
 
 
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
-def test_mv_of_a_base_directory(mount, api: Api, tmp_path, store_url) -> None:
+def test_mv_of_a_base_directory(mount, api: Api, tmp_path) -> None:
     src = make_tree(tmp_path / "src", {"part/a": "a", "part/sub/b": "b", "keep": "k"})
     api.put([src], "proj/ds")
     m = mount()
@@ -423,9 +423,9 @@ def test_mv_of_a_base_directory(mount, api: Api, tmp_path, store_url) -> None:
         os.rename(staging / "part", staging / "moved")
     assert e.value.errno == errno.EXDEV  # like overlayfs: mv then copies
     subprocess.run(["mv", str(staging / "part"), str(staging / "moved")], check=True)
-    before = blob_names(store_url)
+    before = blob_names(api.repo.store)
     assert touch_commit(staging).returncode == 0
-    assert len(blob_names(store_url) - before) == 1  # the manifest; the bytes were all there
+    assert len(blob_names(api.repo.store) - before) == 1  # the manifest; the bytes were all there
     assert read_tree(m.path / "proj/ds/v1") == {
         "keep": ("f", b"k", False),
         "moved": ("d",),
