@@ -19,7 +19,8 @@ import trio
 
 from artfs import names
 from artfs.fs.files import FileHandle, VersionFileHandle
-from artfs.fs.nodes import XATTR_PREFIX, InodeTable, Node, negative_attr
+from artfs.fs.lineage import RunRecorder, run_of_process
+from artfs.fs.nodes import XATTR_PREFIX, InodeTable, Node, VersionNode, negative_attr
 from artfs.objects import StoreError
 from artfs.repo import NotFoundError, RepoError
 
@@ -65,6 +66,7 @@ class Operations(pyfuse3.Operations):
         self.table = table
         self.limiter = limiter
         self.stats = ReadStats()
+        self.lineage = RunRecorder(table.ctx.repo)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
@@ -175,6 +177,9 @@ class Operations(pyfuse3.Operations):
         handle = self._reopen(inode, flags)
         if handle is None:
             handle = await self._call(f"open inode {inode}", inode, "open", flags, ctx)
+        run_id = run_of_process(ctx.pid)  # /proc only: cheap enough for every open
+        if run_id is not None:
+            await self._run(f"lineage of inode {inode}", self._record_use, inode, run_id)
         fh = self._new_fh()
         self._files[fh] = handle
         self.stats.opens += 1
@@ -201,6 +206,11 @@ class Operations(pyfuse3.Operations):
         fsync = getattr(self._files.get(fh), "fsync", None)
         if fsync is not None:
             await self._run(f"fsync fh {fh}", fsync, datasync)
+
+    def _record_use(self, inode: int, run_id: str) -> None:
+        node = self._node(inode)
+        if isinstance(node, VersionNode):
+            self.lineage.record_use(run_id, node.tree.version)
 
     def _reopen(self, inode: int, flags: int) -> FileHandle | None:
         """A read-only open of a file whose reader is still at hand: no worker thread."""

@@ -19,6 +19,7 @@ from typing import Any
 import pyfuse3
 
 from artfs.fs.files import FileHandle
+from artfs.fs.lineage import run_of_process
 from artfs.fs.nodes import (
     XATTR_PREFIX,
     DirCursor,
@@ -323,7 +324,7 @@ class StagingNode(StagedDir):
 
     def create(self, name: str, mode: int, flags: int, ctx: Any) -> tuple[FileHandle, Any]:
         if name == COMMIT:  # the kernel thought it absent (O_EXCL, or a stale entry)
-            self.commit()
+            self.commit(ctx)
             return CommitHandle(), self.control(COMMIT).attr()
         if name in RESERVED:
             return self.control(name).open(flags, ctx), self.control(name).attr()
@@ -336,9 +337,11 @@ class StagingNode(StagedDir):
             return
         super().unlink(name, ctx)
 
-    def commit(self) -> None:
+    def commit(self, ctx: Any = None) -> None:
+        # A commit by a process of `artfs run` is logged by that run.
+        run_id = run_of_process(ctx.pid) if ctx is not None else None
         with reasons(f"commit {self.describe()}"):
-            result = self.area.commit()
+            result = self.area.commit(logged_by=run_id)
             log.info("%s", self.area.status().splitlines()[0])
         # Tell the kernel the old entries are gone rather than wait for timeouts.
         with _nodes_lock:
@@ -475,7 +478,7 @@ class ControlNode(Node):
     def setattr(self, attr: Any, fields: Any, fh: Any, ctx: Any) -> pyfuse3.EntryAttributes:
         if self.name == COMMIT:
             if fields.update_atime or fields.update_mtime or fields.update_size:
-                self.staging_node.commit()
+                self.staging_node.commit(ctx)
             return self.attr()
         if self.name == STATUS:
             raise fuse_error(errno.EPERM)
