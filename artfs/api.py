@@ -126,7 +126,11 @@ class Api:
         self, store: str | None = None, cache: str | None = None, settings: Settings | None = None
     ) -> None:
         self.settings = settings or load_settings(store, cache)
-        self.repo = Repo.open(open_store(self.settings.store), str(self.settings.cache_dir))
+        self.repo = Repo.open(
+            open_store(self.settings.store),
+            str(self.settings.cache_dir),
+            self.settings.cache_size,
+        )
 
     # -- reading ------------------------------------------------------------
 

@@ -94,9 +94,16 @@ class _Workers:
 
 class BlobCache:
     def __init__(
-        self, root: str | os.PathLike[str], store: ObjectStore, key_for: Callable[[str], str]
+        self,
+        root: str | os.PathLike[str],
+        store: ObjectStore,
+        key_for: Callable[[str], str],
+        max_bytes: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._size_estimate: int | None = None
+        self._size_guard = threading.Lock()
         self.store = store
         self._key_for = key_for
         for sub in ("blobs", "tmp", "locks", "partial"):
@@ -231,6 +238,7 @@ class BlobCache:
             self.fetches += 1
         finally:
             tmp.unlink(missing_ok=True)
+        self._grew(dest)
 
     # -- partial blobs --------------------------------------------------------
 
@@ -319,6 +327,23 @@ class BlobCache:
         finally:
             os.close(fd)
 
+    def _grew(self, added: Path) -> None:
+        """Keep the cache within ``max_bytes`` after ``added`` came in: evict the
+        least recently used blobs, never the one just added."""
+        if self.max_bytes is None:
+            return
+        with self._size_guard:
+            if self._size_estimate is None:
+                self._size_estimate = self.size()
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self._size_estimate += added.stat().st_size
+            if self._size_estimate <= self.max_bytes:
+                return
+            # Prune to below the limit so the next fetches do not each rescan.
+            result = self.cleanup(self.max_bytes * 9 // 10, keep=added)
+            self._size_estimate = result.kept_bytes
+
     def size(self) -> int:
         return sum(used for _, _, used in self._entries())
 
@@ -335,7 +360,7 @@ class BlobCache:
                     st = p.stat()
                     yield p, st, st.st_blocks * 512  # sparse: only what was fetched
 
-    def cleanup(self, max_bytes: int) -> CleanupResult:
+    def cleanup(self, max_bytes: int, keep: Path | None = None) -> CleanupResult:
         """Remove least recently used blobs (and partial fetches) until the cache
         holds at most ``max_bytes``. Blobs held open are pinned and stay."""
         entries = sorted(self._entries(), key=lambda b: b[1].st_mtime)
@@ -344,6 +369,8 @@ class BlobCache:
         for path, _st, used in entries:
             if total <= max_bytes:
                 break
+            if path == keep:
+                continue
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -585,6 +612,8 @@ class _Partial:
                             cache.fetches += 1
                     except FileNotFoundError:
                         pass  # another process finished this very file first
+                    else:
+                        cache._grew(dest)
                 else:
                     self.path.unlink(missing_ok=True)
                 self.record_path.unlink(missing_ok=True)

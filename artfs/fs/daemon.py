@@ -277,7 +277,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         store = open_store(cfg.settings.store)
         if cfg.via_cache:
             store = ThroughCache(store)
-        repo = Repo.open(store, str(cfg.settings.cache_dir))
+        repo = Repo.open(store, str(cfg.settings.cache_dir), cfg.settings.cache_size)
         ctx = MountContext(
             repo=repo,
             opener=BlobOpener(repo.cache, store),

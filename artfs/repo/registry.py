@@ -58,8 +58,10 @@ class Repo:
         self._config_checked = False
 
     @classmethod
-    def open(cls, store: ObjectStore, cache_dir: str) -> Repo:
-        return cls(store, BlobCache(cache_dir, store, layout.blob_key))
+    def open(cls, store: ObjectStore, cache_dir: str, cache_size: int | None = None) -> Repo:
+        """A registry over ``store`` with its blob cache in ``cache_dir``, kept
+        within ``cache_size`` bytes if given."""
+        return cls(store, BlobCache(cache_dir, store, layout.blob_key, cache_size))
 
     # -- records ------------------------------------------------------------
 
