@@ -43,42 +43,36 @@ def config_path(system: bool = False) -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
+def _parse_with_unit(text: str, units: dict[str, int], what: str, hint: str) -> float:
+    """A non-negative number with an optional one-letter unit suffix."""
+    mult = 1
+    if text and text[-1] in units:
+        mult = units[text[-1]]
+        text = text[:-1]
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"bad {what}: use a number with {hint}") from None
+    if value < 0:
+        raise ConfigError(f"bad {what}: negative")
+    return value * mult
+
+
 def parse_size(text: str | int | None) -> int | None:
     """'1GB', '500M', '2GiB', '1024' -> bytes."""
     if text is None or isinstance(text, int):
         return text
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    mult = 1
-    if t and t[-1] in units:
-        mult = units[t[-1]]
-        t = t[:-1]
-    try:
-        value = float(t)
-    except ValueError:
-        raise ConfigError(f"bad size {text!r}: use a number with K, M, G or T") from None
-    if value < 0:
-        raise ConfigError(f"bad size {text!r}: negative")
-    return int(value * mult)
+    return int(_parse_with_unit(t, units, f"size {text!r}", "K, M, G or T"))
 
 
 def parse_duration(text: str | float) -> float:
     """'6h', '30m', '90s', '2d', '0' -> seconds."""
     if isinstance(text, int | float):
         return float(text)
-    t = text.strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    mult = 1
-    if t and t[-1] in units:
-        mult = units[t[-1]]
-        t = t[:-1]
-    try:
-        value = float(t)
-    except ValueError:
-        raise ConfigError(f"bad duration {text!r}: use a number with s, m, h or d") from None
-    if value < 0:
-        raise ConfigError(f"bad duration {text!r}: negative")
-    return value * mult
+    return _parse_with_unit(text.strip().lower(), units, f"duration {text!r}", "s, m, h or d")
 
 
 def format_size(n: float) -> str:

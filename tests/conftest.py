@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from artfs.api import Api
+from tests.mounting import artfs_cli
 from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
@@ -69,16 +69,6 @@ def run_artfs(artfs_env: dict[str, str]):
         env: dict[str, str] | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "artfs.cli", *args],
-            env=env or artfs_env,
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"artfs {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-        return proc
+        return artfs_cli(*args, env=env or artfs_env, timeout=timeout, check=check, input=input)
 
     return run

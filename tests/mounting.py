@@ -42,13 +42,19 @@ class Mount:
 
 
 def artfs_cli(
-    *args: str, env: dict[str, str], timeout: float = 120, check: bool = False
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 120,
+    check: bool = False,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess; with ``check``, fail on a non-zero exit."""
     proc = subprocess.run(
         [sys.executable, "-m", "artfs.cli", *args],
         env=env,
         capture_output=True,
         text=True,
+        input=input,
         timeout=timeout,
     )
     if check and proc.returncode != 0:
