@@ -151,7 +151,9 @@ def test_alias_describe_meta_delete(run_artfs, tmp_path: Path) -> None:
     assert refused.returncode == 2 and "prod" in refused.stderr
     out = run_artfs("delete", "proj/ds:v0", "--delete-aliases").stdout
     assert out == "deleted proj/ds:v0 (aliases removed: prod)\n"
-    run_artfs("delete", "proj/ds:v2")  # latest alone does not hold it back
+    refused = run_artfs("delete", "proj/ds:v2", check=False)  # latest holds it, as in W&B
+    assert refused.returncode == 2 and "latest" in refused.stderr
+    run_artfs("delete", "proj/ds:v2", "--delete-aliases")
     assert json.loads(run_artfs("show", "proj/ds:latest", "--json").stdout)["version"] == 1
 
 

@@ -100,7 +100,7 @@ def test_latest_never_moves_back(api: Api, tmp_path: Path) -> None:
     repo.advance_latest("proj", "ds", 2)
     assert repo.alias_target("proj", "ds", "latest") == 5
     # If latest names a version that is gone, a commit may move it.
-    repo.delete_version(repo.version("proj", "ds", 5))
+    repo.delete_version(repo.version("proj", "ds", 5), delete_aliases=True)
     assert repo.alias_target("proj", "ds", "latest") == 4
     api.put([_tree(tmp_path, "s6")], "proj/ds")
     assert repo.alias_target("proj", "ds", "latest") == 6
@@ -191,8 +191,13 @@ def test_delete_with_and_without_aliases(api: Api, tmp_path: Path) -> None:
     repo = api.repo
     repo.set_alias(repo.version("proj", "ds", 1), "best")
 
-    # latest alone does not hold a version back: it moves to the highest left.
-    assert repo.delete_version(repo.version("proj", "ds", 3)) == ["latest"]
+    # latest holds a version back like any alias (as in W&B); once asked,
+    # it moves to the highest version left instead of vanishing.
+    before = store_snapshot(repo.store)
+    with pytest.raises(ConflictError, match="latest"):
+        repo.delete_version(repo.version("proj", "ds", 3))
+    assert store_snapshot(repo.store) == before
+    assert repo.delete_version(repo.version("proj", "ds", 3), delete_aliases=True) == ["latest"]
     assert repo.alias_target("proj", "ds", "latest") == 2
 
     before = store_snapshot(repo.store)

@@ -319,19 +319,18 @@ class Repo:
     def delete_version(self, version: Version, *, delete_aliases: bool = False) -> list[str]:
         """Delete a version's record (its blobs go at gc). Returns the aliases removed.
 
-        A version with aliases is refused unless ``delete_aliases``, as in W&B.
-        ``latest`` does not count (no one can remove it by hand): it moves back
-        to the highest remaining version.
+        A version with aliases, ``latest`` included, is refused unless
+        ``delete_aliases``, as in W&B. ``latest`` then moves back to the highest
+        remaining version rather than vanish.
         """
         aliases = [
             a
             for a, n in self.aliases(version.project, version.artifact).items()
             if n == version.number
         ]
-        held = sorted(a for a in aliases if a != "latest")
-        if held and not delete_aliases:
+        if aliases and not delete_aliases:
             raise ConflictError(
-                f"{version.ref} has aliases ({', '.join(held)}); "
+                f"{version.ref} has aliases ({', '.join(sorted(aliases))}); "
                 "remove them first or pass --delete-aliases"
             )
         # A tombstone, not a removal: version numbers are never reused.
