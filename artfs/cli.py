@@ -244,13 +244,9 @@ def cmd_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_cache_cleanup(args: argparse.Namespace) -> None:
-    api = _api(args)
-    try:
-        size = parse_size(args.size)
-    except ConfigError as e:
-        raise CliError(str(e)) from None
+    size = parse_size(args.size)
     assert size is not None
-    r = api.cache_cleanup(size)
+    r = _api(args).cache_cleanup(size)
     print(
         f"removed {r.removed} blobs, freed {_fmt_size(r.freed)}; cache now "
         f"{_fmt_size(r.kept_bytes)}" + (f"; {r.pinned} in use kept" if r.pinned else "")
@@ -278,12 +274,8 @@ def cmd_umount(args: argparse.Namespace) -> None:
 def cmd_gc(args: argparse.Namespace) -> None:
     from artfs.repo.gc import collect_garbage
 
-    api = _api(args)
-    try:
-        grace = parse_duration(args.grace)
-    except ConfigError as e:
-        raise CliError(str(e)) from None
-    r = collect_garbage(api.repo, grace=grace, dry_run=args.dry_run)
+    grace = parse_duration(args.grace)
+    r = collect_garbage(_api(args).repo, grace=grace, dry_run=args.dry_run)
     verb = "would sweep" if r.dry_run else "swept"
     print(
         f"{verb} {r.swept_blobs} blobs ({_fmt_size(r.swept_bytes)}); "
@@ -524,12 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, RepoError, names.BadName, ConfigError, StoreError, ValueError) as e:
         print(f"artfs: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # before OSError, its base: `artfs ls | head` is no error
+        return 0
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"artfs: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        return 0
     except KeyboardInterrupt:
         return 130
     return 0

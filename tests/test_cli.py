@@ -458,3 +458,24 @@ def test_get_replaces_entries_of_the_wrong_kind(run_artfs, tmp_path: Path) -> No
     assert got.pop("untracked.txt") == ("f", b"kept", False)  # not ours: left alone
     assert got == read_tree(src)
     assert extra.exists()
+
+
+def test_output_cut_short_by_a_closed_pipe_is_no_error(
+    run_artfs, artfs_env, tmp_path: Path
+) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"f{i}").write_text(str(i))
+    run_artfs("put", str(src), "-n", "proj/many")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artfs.cli", "show", "proj/many", "--files"],
+        env=artfs_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"ref:")
+    proc.stdout.close()  # as `| head -1` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"error" not in err
