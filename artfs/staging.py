@@ -51,7 +51,7 @@ from artfs.config import format_size
 from artfs.digest import Hasher
 from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
-from artfs.objects.local import _fsync_dir
+from artfs.objects.local import fsync_dir
 from artfs.repo import (
     CommitResult,
     ConflictError,
@@ -1071,7 +1071,7 @@ class StagingArea:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.commit_dir / "journal.json")
-        _fsync_dir(self.commit_dir)
+        fsync_dir(self.commit_dir)
 
     def _link_sources(self, sources: dict[str, Path]) -> dict[str, Path]:
         """Hard links the store may take, or the files themselves for a remote store."""

@@ -91,7 +91,8 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a create, rename or unlink in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -142,7 +143,7 @@ class LocalStore(ObjectStore):
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 d.mkdir()
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
 
     def _tmp_path(self) -> Path:
         return self.root / ".tmp" / uuid.uuid4().hex
@@ -174,7 +175,7 @@ class LocalStore(ObjectStore):
                     tmp.unlink(missing_ok=True)
             else:
                 os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {dest}: {e.strerror}") from e
@@ -359,7 +360,7 @@ class LocalStore(ObjectStore):
             for _, tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
         for parent in parents:
-            _fsync_dir(parent)
+            fsync_dir(parent)
 
     def _move_in(self, path: Path, tmp: Path, *, sync: bool) -> bool:
         """Rename a local file to ``tmp`` (no copy); False if it is on another filesystem."""
@@ -442,4 +443,4 @@ class LocalStore(ObjectStore):
             return
         except OSError as e:
             raise StoreError(f"cannot delete {key}: {e.strerror}") from e
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)

@@ -35,7 +35,8 @@ STORE_FORMAT = 1
 _MANIFESTS_KEPT = 64
 
 
-def _dump(obj: Any) -> bytes:
+def encode_record(obj: Any) -> bytes:
+    """A JSON record as stored: sorted keys, so equal records are equal bytes."""
     return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
 
 
@@ -84,7 +85,9 @@ class Repo:
         if config is None:
             with contextlib.suppress(PreconditionFailed):
                 self.store.put(
-                    layout.CONFIG, _dump({"format": STORE_FORMAT, "hash": "xxh128"}), if_absent=True
+                    layout.CONFIG,
+                    encode_record({"format": STORE_FORMAT, "hash": "xxh128"}),
+                    if_absent=True,
                 )
             config = self._read_json_or_none(layout.CONFIG) or {}
         if config.get("format") != STORE_FORMAT or config.get("hash") != "xxh128":
@@ -119,7 +122,7 @@ class Repo:
         self.ensure_config()
         rec = {"visibility": visibility, "group": group, "created": time.time()}
         try:
-            self.store.put(layout.project_key(name), _dump(rec), if_absent=True)
+            self.store.put(layout.project_key(name), encode_record(rec), if_absent=True)
         except PreconditionFailed:
             if not exist_ok:
                 raise ConflictError(f"project {name!r} exists") from None
@@ -163,7 +166,7 @@ class Repo:
         self.create_project(project)
         rec = {"type": type, "created": time.time()}
         try:
-            self.store.put(layout.artifact_key(project, name), _dump(rec), if_absent=True)
+            self.store.put(layout.artifact_key(project, name), encode_record(rec), if_absent=True)
         except PreconditionFailed:
             return self.artifact(project, name)
         return Artifact(project, name, type, rec["created"])
@@ -247,7 +250,9 @@ class Repo:
             version.number = number
             key = layout.version_key(version.project, version.artifact, number)
             try:
-                version.etag = self.store.put(key, _dump(version.to_record()), if_absent=True)
+                version.etag = self.store.put(
+                    key, encode_record(version.to_record()), if_absent=True
+                )
                 return version
             except PreconditionFailed:
                 number += 1
@@ -311,7 +316,7 @@ class Repo:
                 raise NotFoundError(missing) from None
             change(rec)
             try:
-                self.store.put(key, _dump(rec), if_match=etag)
+                self.store.put(key, encode_record(rec), if_match=etag)
                 return
             except PreconditionFailed:
                 continue
@@ -373,7 +378,7 @@ class Repo:
         self.version(version.project, version.artifact, version.number)
         self.store.put(
             layout.alias_key(version.project, version.artifact, alias),
-            _dump({"version": version.number}),
+            encode_record({"version": version.number}),
         )
 
     def remove_alias(self, project: str, artifact: str, alias: str) -> None:
@@ -390,7 +395,7 @@ class Repo:
                 rec, etag = self._read_json(key)
             except NotFound:
                 try:
-                    self.store.put(key, _dump({"version": number}), if_absent=True)
+                    self.store.put(key, encode_record({"version": number}), if_absent=True)
                     return
                 except PreconditionFailed:
                     continue
@@ -398,7 +403,7 @@ class Repo:
             if current >= number and self._read_version(project, artifact, current) is not None:
                 return
             try:
-                self.store.put(key, _dump({"version": number}), if_match=etag)
+                self.store.put(key, encode_record({"version": number}), if_match=etag)
                 return
             except PreconditionFailed:
                 continue
@@ -423,9 +428,9 @@ class Repo:
                 return
             try:
                 if etag is None:
-                    self.store.put(key, _dump({"version": live[0]}), if_absent=True)
+                    self.store.put(key, encode_record({"version": live[0]}), if_absent=True)
                 else:
-                    self.store.put(key, _dump({"version": live[0]}), if_match=etag)
+                    self.store.put(key, encode_record({"version": live[0]}), if_match=etag)
                 return
             except PreconditionFailed:
                 continue

@@ -21,7 +21,7 @@ from artfs import names
 from artfs.objects import NotFound
 from artfs.repo import layout
 from artfs.repo.records import NotFoundError, RepoError, Version
-from artfs.repo.registry import Repo, _dump
+from artfs.repo.registry import Repo, encode_record
 
 RUN_ENV = "ARTFS_RUN"
 
@@ -78,14 +78,14 @@ def start_run(repo: Repo, command: list[str]) -> Run:
     except OSError:
         user = str(os.getuid())
     run = Run(new_run_id(), command, socket.gethostname(), user, time.time())
-    repo.store.put(layout.run_key(run.id), _dump(run.to_record()), if_absent=True)
+    repo.store.put(layout.run_key(run.id), encode_record(run.to_record()), if_absent=True)
     return run
 
 
 def finish_run(repo: Repo, run: Run, exit_code: int) -> Run:
     run.end = time.time()
     run.exit_code = exit_code
-    repo.store.put(layout.run_key(run.id), _dump(run.to_record()))
+    repo.store.put(layout.run_key(run.id), encode_record(run.to_record()))
     return run
 
 
