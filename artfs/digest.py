@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-from pathlib import Path
 
 import xxhash
 
@@ -76,7 +75,3 @@ def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 def is_digest(text: str) -> bool:
     return bool(_DIGEST_RE.match(text))
-
-
-def verify_file(path: Path, digest: str) -> bool:
-    return digest_file(path)[0] == digest

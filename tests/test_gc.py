@@ -19,6 +19,7 @@ def test_gc_sweeps_only_what_deleted_versions_alone_used(api, tmp_path: Path) ->
     (src / "f0.txt").write_text("changed 0")
     (src / "f1.txt").write_text("changed 1")
     v1 = api.put([src], "proj/ds").version
+    api.repo.store.put("blobs/zz/not-a-digest", b"someone else's")
     before = _blob_digests(api)
     v0_only = {d for _, _, d in api.artifact("proj/ds:v0").files()} - {
         d for _, _, d in api.artifact("proj/ds:v1").files()

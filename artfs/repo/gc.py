@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from artfs.digest import is_digest
 from artfs.repo import layout
 from artfs.repo.registry import Repo
 
@@ -52,8 +53,8 @@ def collect_garbage(repo: Repo, *, grace: float = DEFAULT_GRACE, dry_run: bool =
     swept = swept_bytes = young = 0
     for obj in blobs:
         digest = layout.key_basename(obj.key)
-        if digest in live:
-            continue
+        if digest in live or not is_digest(digest):
+            continue  # live, or not ours to judge (a foreign object under blobs/)
         if obj.mtime > cutoff:
             young += 1
             continue

@@ -129,16 +129,6 @@ class Repo:
             return self.project(name)
         return Project(name, visibility, group, rec["created"])
 
-    def set_visibility(self, name: str, visibility: str) -> Project:
-        if visibility not in VISIBILITIES:
-            raise RepoError(f"bad visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}")
-        self._update_record(
-            layout.project_key(name),
-            lambda r: r.update(visibility=visibility),
-            f"no project {name!r}",
-        )
-        return self.project(name)
-
     def projects(self) -> list[Project]:
         out = []
         for prefix in self.store.list(layout.projects_prefix()).prefixes:
