@@ -271,9 +271,11 @@ def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | N
     if dest.exists() and not dest.is_dir():
         raise RepoError(f"cannot get into {dest}: not a directory")
     manifest = repo.manifest(version)
+    # Every entry is validated (walk raises on a bad one) before anything is written.
+    entries = list(manifest.walk())
     dest.mkdir(parents=True, exist_ok=True)
     files = []
-    for path, e in manifest.walk():
+    for path, e in entries:
         target = dest / path
         if e.is_dir:
             if target.is_symlink() or (target.exists() and not target.is_dir()):

@@ -20,6 +20,7 @@ from artfs.objects import StoreError
 from artfs.repo import RepoError
 
 EXIT_BAD_INPUT = 2
+EXIT_PROBLEMS = 1  # check and verify: the store is not what it should be
 
 
 class CliError(Exception):
@@ -275,17 +276,83 @@ def cmd_gc(args: argparse.Namespace) -> None:
     from artfs.repo.gc import collect_garbage
 
     grace = parse_duration(args.grace)
-    r = collect_garbage(_api(args).repo, grace=grace, dry_run=args.dry_run)
+
+    def waiting(holders: list[Any]) -> None:
+        print(
+            f"artfs: gc waits for {len(holders)} commit(s) to finish: "
+            + "; ".join(h.describe() for h in holders[:3]),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    r = collect_garbage(
+        _api(args).repo, grace=grace, dry_run=args.dry_run, force=args.force, on_wait=waiting
+    )
     verb = "would sweep" if r.dry_run else "swept"
+    kept = [f"{r.live_blobs} blobs in {r.live_versions} live versions kept"]
+    if r.deleted_kept:
+        kept.append(f"{r.deleted_kept} of versions deleted less than the grace period ago kept")
+    if r.young_kept:
+        kept.append(f"{r.young_kept} unreferenced but younger than the grace period kept")
+    temps = ""
+    if r.temp_files:
+        temps = (
+            f"; {'would remove' if r.dry_run else 'removed'} {r.temp_files} temp files of "
+            f"killed uploads ({_fmt_size(r.temp_bytes)})"
+        )
+    stale = f"; removed {r.stale_locks} stale locks" if r.stale_locks else ""
+    freed = r.swept_bytes + r.temp_bytes
     print(
-        f"{verb} {r.swept_blobs} blobs ({_fmt_size(r.swept_bytes)}); "
-        f"{r.live_blobs} blobs in {r.live_versions} live versions kept"
-        + (
-            f"; {r.young_kept} unreferenced but younger than the grace period kept"
-            if r.young_kept
+        f"{verb} {r.swept_blobs} blobs ({_fmt_size(r.swept_bytes)}){temps}{stale}; "
+        + "; ".join(kept)
+        + f"; {'would free' if r.dry_run else 'freed'} {_fmt_size(freed)}"
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from artfs.repo.check import check_store
+
+    report = check_store(_api(args).repo, read_data=args.read_data, repair=args.repair)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for p in report.problems:
+            print(f"{'repaired' if p.repaired else 'problem'}: {p}")
+        for w in report.warnings:
+            print(f"{'repaired' if w.repaired else 'note'}: {w}")
+        read = (
+            f", re-hashed {report.blobs_read} blobs ({_fmt_size(report.bytes_read)})"
+            if args.read_data
             else ""
         )
+        left = sum(1 for p in report.problems if not p.repaired)
+        print(
+            f"checked {report.versions} versions of {report.artifacts} artifacts, "
+            f"{report.blobs} blobs{read}: "
+            + ("no problems" if not report.problems else f"{left} problems")
+            + (f", {len(report.problems) - left} repaired" if len(report.problems) - left else "")
+        )
+    if not report.ok:
+        raise SystemExit(EXIT_PROBLEMS)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from artfs.repo.check import verify_version
+
+    api = _api(args)
+    art = api.artifact(args.ref)
+    report = verify_version(api.repo, art.version, from_cache=args.from_cache)
+    for m in report.mismatches:
+        print(f"mismatch: {m}")
+    where = "the local cache" if args.from_cache else "the store"
+    extra = f"; {report.not_cached} not cached (not checked)" if report.not_cached else ""
+    print(
+        f"{art.ref}: {report.files} files, {report.checked} blobs ({_fmt_size(report.bytes)}) "
+        f"re-hashed from {where}{extra}: "
+        + (f"{len(report.mismatches)} mismatches" if report.mismatches else "all match")
     )
+    if report.mismatches:
+        raise SystemExit(EXIT_PROBLEMS)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -465,9 +532,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("gc", cmd_gc, "delete blobs that no live version needs")
     p.add_argument(
-        "--grace", default="6h", help="keep unreferenced blobs younger than this (default 6h)"
+        "--grace",
+        default="6h",
+        help="keep blobs of versions deleted less than this ago, and unreferenced blobs "
+        "uploaded less than this ago (default 6h, at least 1h)",
     )
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="report what would be freed")
+    p.add_argument("--force", action="store_true", help="allow a grace period under the 1h floor")
+
+    p = add("check", cmd_check, "check that the store is consistent (exit 1 if not)")
+    p.add_argument("--read-data", action="store_true", help="also re-hash every needed blob")
+    p.add_argument(
+        "--repair", action="store_true", help="fix latest, stale locks and orphan temp files"
+    )
+    p.add_argument("--json", action="store_true")
+
+    # Its --cache means "from the cache": the cache directory goes before the command.
+    store_only = argparse.ArgumentParser(add_help=False)
+    store_only.add_argument("--store", default=argparse.SUPPRESS, help="store URL or directory")
+    p = add(
+        "verify",
+        cmd_verify,
+        "re-hash one version's files and name every mismatch",
+        parents=[store_only],
+    )
+    p.add_argument("ref")
+    p.add_argument(
+        "--cache",
+        dest="from_cache",
+        action="store_true",
+        help="re-hash the local cache's copies (give a cache directory before the command)",
+    )
 
     p = add("run", cmd_run, "run a command, recording what it uses and logs")
     p.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import xxhash
 
-from artfs.names import BadName, check_path, check_path_component
+from artfs.digest import is_digest
+from artfs.names import BadName, check_entry_name, check_path, check_path_component
 
 FORMAT = 1
 ROOT_ID = 1
@@ -40,6 +41,46 @@ CREATE TABLE entries (
 );
 CREATE UNIQUE INDEX entries_by_name ON entries (parent, name);
 """
+
+
+class ManifestError(ValueError):
+    """A manifest from the store that breaks the format: one version is unusable."""
+
+
+# Columns every manifest has (later formats may add more after them).
+_REQUIRED = {
+    "info": {"key", "value"},
+    "entries": {"id", "parent", "name", "kind", "mode", "size", "digest", "target"},
+}
+
+
+def _entry(row: tuple, where: object) -> Entry:
+    """An entry read from a manifest, checked like user input before it becomes a path."""
+    entry_id, parent, name, kind, mode, size, digest, target = row[:8]
+    bad = None
+    if not all(isinstance(x, int) for x in (entry_id, parent, mode, size)):
+        bad = "non-integer id, parent, mode or size"
+    elif size < 0 or not 0 <= mode <= 0o177777:
+        bad = f"bad size {size} or mode {mode}"
+    elif kind not in (DIR, FILE, SYMLINK):
+        bad = f"bad kind {kind!r}"
+    elif entry_id == ROOT_ID:
+        if kind != DIR or parent != 0 or name != "":
+            bad = "the root is not a directory named ''"
+    elif parent >= entry_id or parent < ROOT_ID:
+        bad = f"entry {entry_id} has parent {parent}"
+    elif kind == FILE and not (isinstance(digest, str) and is_digest(digest)):
+        bad = f"file with bad digest {digest!r}"
+    elif kind == SYMLINK and not (isinstance(target, str) and target and "\0" not in target):
+        bad = "symlink with bad target"
+    if bad is None and entry_id != ROOT_ID:
+        try:
+            check_entry_name(name)
+        except BadName as e:
+            bad = str(e)
+    if bad is not None:
+        raise ManifestError(f"bad manifest {where}: {bad}")
+    return Entry(*row)
 
 
 @dataclass(frozen=True)
@@ -214,12 +255,23 @@ class Manifest:
         self.path = Path(path)
         self.digest = digest
         self._local = threading.local()
-        info = dict(self._db().execute("SELECT key, value FROM info"))
-        if int(info.get("format", "0")) != FORMAT:
-            raise ValueError(f"manifest {path}: unknown format {info.get('format')}")
-        self.file_count = int(info["file_count"])
-        self.total_size = int(info["total_size"])
-        self.tree_digest = info["tree"]
+        where = digest or path
+        try:
+            for table, required in _REQUIRED.items():
+                cols = {r[1] for r in self._db().execute(f"PRAGMA table_info({table})")}
+                if not required <= cols:
+                    raise ManifestError(f"bad manifest {where}: no table {table} as expected")
+            info = dict(self._db().execute("SELECT key, value FROM info"))
+            if str(info.get("format", "0")) != str(FORMAT):
+                raise ManifestError(f"bad manifest {where}: unknown format {info.get('format')}")
+            self.file_count = int(info["file_count"])
+            self.total_size = int(info["total_size"])
+            self.tree_digest = str(info["tree"])
+        except (sqlite3.Error, KeyError, ValueError, TypeError) as e:
+            self.close()
+            if isinstance(e, ManifestError):
+                raise
+            raise ManifestError(f"bad manifest {where}: not an artfs manifest ({e})") from None
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -231,36 +283,40 @@ class Manifest:
 
     _COLS = "id, parent, name, kind, mode, size, digest, target"
 
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of a query; a database that fails to read is a bad manifest."""
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise ManifestError(f"bad manifest {self.digest or self.path}: {e}") from None
+
+    def _entries(self, sql: str, args: tuple = ()) -> list[Entry]:
+        where = self.digest or self.path
+        return [_entry(r, where) for r in self._rows(sql, args)]
+
     def entry(self, entry_id: int) -> Entry | None:
-        row = (
-            self._db()
-            .execute(f"SELECT {self._COLS} FROM entries WHERE id = ?", (entry_id,))
-            .fetchone()
-        )
-        return Entry(*row) if row else None
+        rows = self._entries(f"SELECT {self._COLS} FROM entries WHERE id = ?", (entry_id,))
+        return rows[0] if rows else None
 
     def root(self) -> Entry:
         root = self.entry(ROOT_ID)
-        assert root is not None
+        if root is None:
+            raise ManifestError(f"bad manifest {self.digest or self.path}: no root entry")
         return root
 
     def child(self, parent_id: int, name: str) -> Entry | None:
-        row = (
-            self._db()
-            .execute(
-                f"SELECT {self._COLS} FROM entries WHERE parent = ? AND name = ?", (parent_id, name)
-            )
-            .fetchone()
+        rows = self._entries(
+            f"SELECT {self._COLS} FROM entries WHERE parent = ? AND name = ? LIMIT 1",
+            (parent_id, name),
         )
-        return Entry(*row) if row else None
+        return rows[0] if rows else None
 
     def children(self, parent_id: int, after_id: int = 0, limit: int = -1) -> list[Entry]:
         """Entries of one directory in name order, starting after ``after_id``."""
-        rows = self._db().execute(
+        return self._entries(
             f"SELECT {self._COLS} FROM entries WHERE parent = ? AND id > ? ORDER BY id LIMIT ?",
             (parent_id, after_id, limit),
         )
-        return [Entry(*r) for r in rows]
 
     def lookup(self, path: str) -> Entry | None:
         entry: Entry | None = self.root()
@@ -271,25 +327,44 @@ class Manifest:
         return entry
 
     def walk(self) -> Iterator[tuple[str, Entry]]:
-        """Every entry but the root, parents before children."""
+        """Every entry but the root, parents before children.
+
+        ManifestError on an entry whose parent is no directory before it, or
+        a path that two entries claim (either could turn a directory into a
+        link that a later entry is written through).
+        """
+        where = self.digest or self.path
+        self.root()
         paths = {ROOT_ID: ""}
-        for row in self._db().execute(
-            f"SELECT {self._COLS} FROM entries WHERE id > ? ORDER BY id", (ROOT_ID,)
-        ):
-            e = Entry(*row)
-            parent = paths[e.parent]
-            path = f"{parent}/{e.name}" if parent else e.name
-            if e.is_dir:
-                paths[e.id] = path
-            yield path, e
+        seen: set[str] = set()
+        try:
+            rows = self._db().execute(
+                f"SELECT {self._COLS} FROM entries WHERE id > ? ORDER BY id", (ROOT_ID,)
+            )
+            for row in rows:
+                e = _entry(row, where)
+                parent = paths.get(e.parent)
+                if parent is None:
+                    raise ManifestError(f"bad manifest {where}: {e.name!r} has no parent directory")
+                path = f"{parent}/{e.name}" if parent else e.name
+                if path in seen:
+                    raise ManifestError(f"bad manifest {where}: two entries for {path!r}")
+                seen.add(path)
+                if e.is_dir:
+                    paths[e.id] = path
+                yield path, e
+        except sqlite3.Error as e:
+            raise ManifestError(f"bad manifest {where}: {e}") from None
 
     def files(self) -> Iterator[tuple[str, Entry]]:
         return ((p, e) for p, e in self.walk() if e.is_file)
 
     def digests(self) -> set[str]:
-        return {
-            r[0] for r in self._db().execute("SELECT DISTINCT digest FROM entries WHERE kind = 'f'")
-        }
+        out = {r[0] for r in self._rows("SELECT DISTINCT digest FROM entries WHERE kind = 'f'")}
+        bad = next((d for d in out if not (isinstance(d, str) and is_digest(d))), None)
+        if bad is not None or None in out:
+            raise ManifestError(f"bad manifest {self.digest or self.path}: bad digest {bad!r}")
+        return out
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

@@ -23,6 +23,23 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def is_name(name: str) -> bool:
+    """Whether ``name`` passes ``check_name`` (for names read from a store)."""
+    return bool(_NAME_RE.match(name)) and not name.startswith(".")
+
+
+def check_entry_name(name: object) -> str:
+    """A manifest entry's name, as read from a store: one path component.
+
+    Refuses what would make a path escape or alias another: empty, ``.``,
+    ``..``, ``/`` or NUL inside, over 255 bytes, not UTF-8 text.
+    """
+    if not isinstance(name, str):
+        raise BadName(f"bad entry name {name!r}: not text")
+    check_path_component(name, name)
+    return name
+
+
 def version_number(text: str) -> int | None:
     """``v3`` -> 3; anything else -> None."""
     m = _VERSION_RE.match(text)

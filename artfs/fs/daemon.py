@@ -36,6 +36,7 @@ from artfs.fs.writes import install as install_writes
 from artfs.objects import ObjectStore, open_store
 from artfs.objects.base import Listing, ObjectInfo
 from artfs.repo import Repo
+from artfs.staging import StagingManager
 
 log = logging.getLogger("artfs.fs")
 
@@ -262,6 +263,24 @@ async def _serve(cfg: MountConfig, ops: Operations, notify: Callable[[str], None
         nursery.cancel_scope.cancel()
 
 
+def _recover_at_start(repo: Repo, staging: StagingManager) -> None:
+    """Before serving: finish or undo commits a killed daemon left in staging
+    (opening an area recovers it), and point every ``latest`` that a killed
+    commit left behind at its highest live version. Failures are logged: a
+    read-only or unreachable store still mounts."""
+    for journal in sorted(staging.root.glob("*/*/commit/journal.json")):
+        project, artifact = journal.parts[-4], journal.parts[-3]
+        try:
+            staging.area(project, artifact)
+        except Exception as e:
+            log.error("cannot recover staging of %s/%s: %s", project, artifact, e)
+    try:
+        for name, old, new in repo.repair_every_latest():
+            log.warning("%s: latest named v%s, repaired to v%s", name, old, new)
+    except Exception as e:
+        log.warning("cannot check latest of every artifact: %s", e)
+
+
 def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
     """Mount and serve until unmounted or signalled; returns the exit status."""
     _setup_logging(cfg)
@@ -288,6 +307,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         )
         table = InodeTable(ctx)
         staging = install_writes(table, cfg.settings.state_dir)
+        _recover_at_start(repo, staging)
         ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS))
         table.stats = lambda: stats_of(ops, ctx.opener, repo.cache)
         pyfuse3.init(ops, str(cfg.mountpoint), _fuse_options(cfg))

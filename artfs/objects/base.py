@@ -132,6 +132,14 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove an object; absent is not an error."""
 
+    def temp_objects(self) -> list[ObjectInfo]:
+        """What interrupted writes left outside the key space (a local store's
+        ``.tmp/``), with sizes and times; ``key`` is for ``delete_temp`` only."""
+        return []
+
+    def delete_temp(self, key: str) -> None:  # noqa: B027 - nothing to do by default
+        """Remove one temp object listed by ``temp_objects``; absent is not an error."""
+
     def local_path(self, key: str) -> Path | None:
         """A path a reader may open for the object's bytes, if the store is local."""
         return None

@@ -530,6 +530,25 @@ class CloudStore(ObjectStore):
             o for o in self._call("list", prefix, collect) if not o.key.startswith(_PROBE_PREFIX)
         )
 
+    def temp_objects(self) -> list[ObjectInfo]:
+        """Scratch keys of probes a killed process did not get to delete."""
+        return list(
+            self._call(
+                "list",
+                _PROBE_PREFIX,
+                lambda: [
+                    self._info(m)
+                    for chunk in obstore.list(self._store, _PROBE_PREFIX, chunk_size=1000)
+                    for m in chunk
+                ],
+            )
+        )
+
+    def delete_temp(self, key: str) -> None:
+        if not key.startswith(_PROBE_PREFIX):
+            raise ValueError(f"bad temp key {key!r}")
+        self.delete(key)
+
     def delete(self, key: str) -> None:
         self._check_writable()
         with contextlib.suppress(NotFound):

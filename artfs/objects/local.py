@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import time
 import uuid
@@ -119,6 +120,29 @@ class LocalStore(ObjectStore):
                 with contextlib.suppress(OSError):
                     if entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(entry.path)
+
+    def temp_objects(self) -> list[ObjectInfo]:
+        out = []
+        with contextlib.suppress(OSError), os.scandir(self.root / ".tmp") as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    out.append(ObjectInfo(f".tmp/{entry.name}", st.st_size, "", st.st_mtime))
+        return out
+
+    def delete_temp(self, key: str) -> None:
+        name = key.removeprefix(".tmp/")
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"bad temp key {key!r}")
+        path = self.root / ".tmp" / name
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except IsADirectoryError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError as e:
+            raise StoreError(f"cannot delete {path}: {e.strerror}") from e
 
     # -- paths --------------------------------------------------------------
 

@@ -3,12 +3,26 @@
 The order is what makes a commit safe to kill at any moment: a version record
 is written only after every blob and the manifest are in the store, so a
 reader never sees a version whose bytes are not all there; anything a killed
-commit left behind is unreferenced blobs, which gc sweeps.
+commit left behind is unreferenced blobs (and temp files), which gc sweeps.
+
+Against gc on any machine, a commit holds a shared store lock (``locks``)
+from before its first existence check until its version record is written:
+every blob it counts on, whether it uploaded it, found it already stored
+(dedup, the manifest too) or carries it over from a ``.base``, was seen in
+the store while the lock was held, and no gc deletes anything while a shared
+lock lives (the argument is in ``artfs.repo.gc``). The record is written only
+if the lock's lease still holds.
+
+``latest`` is repaired first: a commit killed between its record and the
+alias move leaves ``latest`` behind, and "identical to latest" means
+identical to the highest live version, so a retry of that commit makes no
+duplicate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -22,8 +36,12 @@ from artfs.digest import digest_fd, digest_file
 from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
 from artfs.repo import layout, runs
-from artfs.repo.records import CommitResult, RepoError, Version
+from artfs.repo.hooks import pause_point
+from artfs.repo.locks import SHARED, StoreLock
+from artfs.repo.records import CommitResult, RepoError, Version, check_json_value
 from artfs.repo.registry import Repo
+
+log = logging.getLogger("artfs.repo.commit")
 
 UPLOAD_WORKERS = 8
 HASH_WORKERS = 4
@@ -93,70 +111,60 @@ def commit_tree(
         runs.check_run_id(logged_by)
     if metadata is not None and not isinstance(metadata, dict):
         raise RepoError("metadata must be a JSON object")
+    if not isinstance(description, str):
+        raise RepoError("description must be a string")
+    check_json_value(metadata, "metadata")
+    check_json_value(description, "description")
     art = repo.create_artifact(project, artifact, type)
     if art.type != type:
         raise RepoError(f"{art.qualified} is of type {art.type!r}, not {type!r}")
 
     tree = builder.tree_digest()
-    latest = repo.alias_target(project, artifact, "latest")
-    if latest is not None:
-        try:
-            current = repo.version(project, artifact, latest)
-        except RepoError:
-            current = None
-        if current is not None and current.tree == tree:
-            for alias in aliases:
-                repo.set_alias(current, alias)
-            return CommitResult(repo.version(project, artifact, latest), False, 0, 0, 0)
+    _repair_latest(repo, project, artifact)
+    current = repo.highest_live_version(project, artifact)
+    if current is not None and current.tree == tree:
+        for alias in aliases:
+            repo.set_alias(current, alias)
+        return CommitResult(repo.version(project, artifact, current.number), False, 0, 0, 0)
 
     needed = {digest: size for _, size, digest in builder.files()}
-    # ``stored``: blobs of a live version the tree was edited from (a .base),
-    # which gc keeps; checking each would cost a request per unchanged file.
-    missing = [d for d in needed if d not in sources and d not in stored]
-    if missing:
-        # Files carried over from an existing version (a .base) must already be stored.
-        absent = [d for d in missing if not repo.blob_exists(d)]
-        if absent:
-            raise RepoError(
-                f"{len(absent)} blobs are neither staged nor in the store, e.g. {absent[0]}"
-            )
-    uploaded, reused = _upload_blobs(
-        repo,
-        {d: sources[d] for d in needed if d in sources},
-        move=move,
-        progress=progress,
-        sizes=needed,
-    )
-
-    with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
-        manifest_file = Path(tmp) / "manifest.sqlite"
-        builder.write(manifest_file)
-        manifest_digest, _ = digest_file(manifest_file)
-        repo.cache.add_file(manifest_digest, manifest_file)
-        with contextlib.suppress(PreconditionFailed):
-            repo.store.put_file(layout.blob_key(manifest_digest), manifest_file, if_absent=True)
-
     total = sum(size for _, size, _ in builder.files())  # every file, duplicates too
-    version = repo.create_version_record(
-        Version(
-            project=project,
-            artifact=artifact,
-            number=-1,
-            manifest=manifest_digest,
-            tree=tree,
-            created=time.time(),
-            size=total,
-            file_count=len(list(builder.files())),
-            description=description,
-            metadata=dict(metadata or {}),
-            logged_by=logged_by,
+    with StoreLock(repo.store, SHARED, f"commit {project}/{artifact}") as lock:
+        _check_carried(repo, project, artifact, [d for d in needed if d not in sources], stored)
+        uploaded, reused = _upload_blobs(
+            repo,
+            {d: sources[d] for d in needed if d in sources},
+            move=move,
+            progress=progress,
+            sizes=needed,
         )
-    )
-    # A gc that ran between our existence check and the record may have swept
-    # a blob we counted on; the record now protects it, so put it back.
-    for digest in reused:
-        if not repo.blob_exists(digest) and sources[digest].exists():
-            repo.store.put_file(layout.blob_key(digest), sources[digest])
+        with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
+            manifest_file = Path(tmp) / "manifest.sqlite"
+            builder.write(manifest_file)
+            manifest_digest, _ = digest_file(manifest_file)
+            repo.cache.add_file(manifest_digest, manifest_file)
+            # Already there (another commit of the same tree) is as good as
+            # written: it was seen under the lock.
+            with contextlib.suppress(PreconditionFailed):
+                repo.store.put_file(layout.blob_key(manifest_digest), manifest_file, if_absent=True)
+        pause_point("BEFORE_RECORD")
+        lock.check()
+        version = repo.create_version_record(
+            Version(
+                project=project,
+                artifact=artifact,
+                number=-1,
+                manifest=manifest_digest,
+                tree=tree,
+                created=time.time(),
+                size=total,
+                file_count=len(list(builder.files())),
+                description=description,
+                metadata=dict(metadata or {}),
+                logged_by=logged_by,
+            )
+        )
+    pause_point("AFTER_RECORD")
     if logged_by is not None:
         runs.record_log(repo, logged_by, version)
     repo.advance_latest(project, artifact, version.number)
@@ -166,6 +174,56 @@ def commit_tree(
     return CommitResult(
         repo.version(project, artifact, version.number), True, len(uploaded), new_bytes, len(reused)
     )
+
+
+def _repair_latest(repo: Repo, project: str, artifact: str) -> None:
+    changed = repo.repair_latest(project, artifact)
+    if changed is not None:
+        log.warning(
+            "%s/%s: latest named %s, repaired to v%s (the highest live version)",
+            project,
+            artifact,
+            f"v{changed[0]}" if changed[0] is not None else "nothing",
+            changed[1],
+        )
+
+
+_CARRIED_VERSIONS = 3
+
+
+def _check_carried(
+    repo: Repo, project: str, artifact: str, digests: list[str], stored: Collection[str]
+) -> None:
+    """Every blob the tree takes over without a local copy is in the store now.
+
+    Called under the shared lock, so what is there now stays until the record
+    protects it. ``stored`` (a .base's blobs) is first matched against the
+    newest live versions of the artifact, whose blobs gc keeps, so an edit of
+    a large base costs no request per unchanged file; the rest is checked one
+    by one.
+    """
+    rest = set(digests)
+    if stored and rest:
+        for found, v in enumerate(repo.newest_live_versions(project, artifact), start=1):
+            rest -= repo.manifest(v).digests()
+            if not rest or found >= _CARRIED_VERSIONS:
+                break
+    if not rest:
+        return
+    todo = sorted(rest)
+    chunks = [todo[i : i + _CHECK_CHUNK] for i in range(0, len(todo), _CHECK_CHUNK)]
+    with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+        present = [
+            p
+            for chunk in pool.map(lambda c: [repo.blob_exists(d) for d in c], chunks)
+            for p in chunk
+        ]
+    absent = [d for d, p in zip(todo, present, strict=True) if not p]
+    if absent:
+        raise RepoError(
+            f"{len(absent)} blobs are neither staged nor in the store, e.g. {absent[0]}"
+            + (" (the base version was deleted and its blobs collected)" if stored else "")
+        )
 
 
 def _upload_blobs(

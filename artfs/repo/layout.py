@@ -64,3 +64,15 @@ def run_logged_key(run_id: str, project: str, artifact: str, number: int) -> str
 
 def key_basename(key: str) -> str:
     return key.rstrip("/").rpartition("/")[2]
+
+
+def locks_prefix() -> str:
+    return "locks/"
+
+
+def lock_key(lock_id: str) -> str:
+    return f"locks/{lock_id}.json"
+
+
+def blobs_prefix() -> str:
+    return "blobs/"

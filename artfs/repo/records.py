@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from artfs import names
+from artfs.digest import is_digest
 
 VISIBILITIES = ("private", "public", "open")
 
@@ -18,6 +23,62 @@ class NotFoundError(RepoError):
 
 class ConflictError(RepoError):
     pass
+
+
+class CorruptRecord(RepoError):
+    """A record in the store that breaks the format: names the key and what is wrong."""
+
+
+def check_json_value(value: Any, what: str) -> None:
+    """Refuse what JSON cannot carry faithfully: NaN, Infinity, non-UTF-8 text.
+
+    Python's json writes NaN and lone surrogates (from undecodable bytes)
+    without complaint, and other readers then fail on the record.
+    """
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        if isinstance(e, UnicodeEncodeError):
+            raise RepoError(f"bad {what}: text must be valid UTF-8") from None
+        raise RepoError(f"bad {what}: not JSON-serializable ({e})") from None
+
+
+def _int_field(rec: dict[str, Any], name: str, key: str) -> int:
+    value = rec.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptRecord(f"corrupt record in store: {key}: {name!r} must be an integer >= 0")
+    return value
+
+
+def _time_field(rec: dict[str, Any], name: str, key: str) -> float:
+    value = rec.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CorruptRecord(f"corrupt record in store: {key}: {name!r} must be a time")
+    return float(value)
+
+
+def _digest_field(rec: dict[str, Any], name: str, key: str) -> str:
+    value = rec.get(name)
+    if not isinstance(value, str) or not is_digest(value):
+        raise CorruptRecord(f"corrupt record in store: {key}: {name!r} must be a digest")
+    return value
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """What is left of a deleted version: when it died and which manifest it had
+    (gc keeps that manifest's blobs for the grace period after ``deleted_at``)."""
+
+    number: int
+    deleted_at: float
+    manifest: str | None
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], key: str) -> Tombstone:
+        number = _int_field(rec, "version", key)
+        deleted_at = _time_field(rec, "deleted_at", key) if "deleted_at" in rec else 0.0
+        manifest = _digest_field(rec, "manifest", key) if rec.get("manifest") else None
+        return cls(number, deleted_at, manifest)
 
 
 @dataclass(frozen=True)
@@ -79,20 +140,35 @@ class Version:
 
     @classmethod
     def from_record(
-        cls, project: str, artifact: str, rec: dict[str, Any], etag: str | None = None
+        cls,
+        project: str,
+        artifact: str,
+        rec: dict[str, Any],
+        etag: str | None = None,
+        key: str = "version record",
     ) -> Version:
+        """A version from its stored record, checked field by field (it is untrusted)."""
+        description = rec.get("description") or ""
+        metadata = rec.get("metadata") or {}
+        logged_by = rec.get("logged_by")
+        if not isinstance(description, str):
+            raise CorruptRecord(f"corrupt record in store: {key}: 'description' must be text")
+        if not isinstance(metadata, dict):
+            raise CorruptRecord(f"corrupt record in store: {key}: 'metadata' must be an object")
+        if logged_by is not None and not (isinstance(logged_by, str) and names.is_name(logged_by)):
+            raise CorruptRecord(f"corrupt record in store: {key}: 'logged_by' must be a run id")
         return cls(
             project=project,
             artifact=artifact,
-            number=int(rec["version"]),
-            manifest=rec["manifest"],
-            tree=rec["tree"],
-            created=float(rec["created"]),
-            size=int(rec["size"]),
-            file_count=int(rec["file_count"]),
-            description=rec.get("description") or "",
-            metadata=dict(rec.get("metadata") or {}),
-            logged_by=rec.get("logged_by"),
+            number=_int_field(rec, "version", key),
+            manifest=_digest_field(rec, "manifest", key),
+            tree=_digest_field(rec, "tree", key),
+            created=_time_field(rec, "created", key),
+            size=_int_field(rec, "size", key),
+            file_count=_int_field(rec, "file_count", key),
+            description=description,
+            metadata=dict(metadata),
+            logged_by=logged_by,
             etag=etag,
         )
 

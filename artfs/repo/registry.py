@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from artfs import names
@@ -25,11 +26,16 @@ from artfs.repo.records import (
     VISIBILITIES,
     Artifact,
     ConflictError,
+    CorruptRecord,
     NotFoundError,
     Project,
     RepoError,
+    Tombstone,
     Version,
+    check_json_value,
 )
+
+log = logging.getLogger("artfs.repo")
 
 STORE_FORMAT = 1
 _MANIFESTS_KEPT = 64
@@ -37,16 +43,16 @@ _MANIFESTS_KEPT = 64
 
 def encode_record(obj: Any) -> bytes:
     """A JSON record as stored: sorted keys, so equal records are equal bytes."""
-    return json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"
+    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
 
 
 def _parse_record(key: str, data: bytes) -> dict[str, Any]:
     try:
         rec = json.loads(data)
-    except ValueError as e:
-        raise RepoError(f"corrupt record in store: {key}: {e}") from None
+    except ValueError as e:  # UnicodeDecodeError included
+        raise CorruptRecord(f"corrupt record in store: {key}: {e}") from None
     if not isinstance(rec, dict):
-        raise RepoError(f"corrupt record in store: {key}: not a JSON object")
+        raise CorruptRecord(f"corrupt record in store: {key}: not a JSON object")
     return rec
 
 
@@ -101,12 +107,21 @@ class Repo:
 
     def project(self, name: str) -> Project:
         names.check_name(name, "project name")
-        rec = self._read_json_or_none(layout.project_key(name))
+        key = layout.project_key(name)
+        rec = self._read_json_or_none(key)
         if rec is None:
             raise NotFoundError(f"no project {name!r}")
-        return Project(
-            name, rec.get("visibility", "private"), rec.get("group"), rec.get("created", 0.0)
-        )
+        visibility = rec.get("visibility", "private")
+        group = rec.get("group")
+        created = rec.get("created", 0.0)
+        if (
+            visibility not in VISIBILITIES
+            or not (group is None or isinstance(group, str))
+            or isinstance(created, bool)
+            or not isinstance(created, int | float)
+        ):
+            raise CorruptRecord(f"corrupt record in store: {key}: bad visibility, group or time")
+        return Project(name, visibility, group, float(created))
 
     def create_project(
         self,
@@ -137,6 +152,8 @@ class Repo:
                 out.append(self.project(name))
             except (NotFoundError, names.BadName):
                 continue  # a half-made or foreign entry: not a project
+            except CorruptRecord as e:
+                log.warning("%s", e)  # costs this project, not the listing
         return out
 
     # -- artifacts ----------------------------------------------------------
@@ -144,10 +161,20 @@ class Repo:
     def artifact(self, project: str, name: str) -> Artifact:
         names.check_name(project, "project name")
         names.check_name(name, "artifact name")
-        rec = self._read_json_or_none(layout.artifact_key(project, name))
+        key = layout.artifact_key(project, name)
+        rec = self._read_json_or_none(key)
         if rec is None:
             raise NotFoundError(f"no artifact {project}/{name}")
-        return Artifact(project, name, rec.get("type", "dataset"), rec.get("created", 0.0))
+        type_ = rec.get("type", "dataset")
+        created = rec.get("created", 0.0)
+        if (
+            not isinstance(type_, str)
+            or not names.is_name(type_)
+            or isinstance(created, bool)
+            or not isinstance(created, int | float)
+        ):
+            raise CorruptRecord(f"corrupt record in store: {key}: bad type or time")
+        return Artifact(project, name, type_, float(created))
 
     def create_artifact(self, project: str, name: str, type: str = "dataset") -> Artifact:
         """The artifact, made (with its project) if it does not exist yet."""
@@ -170,6 +197,8 @@ class Repo:
                 out.append(self.artifact(project, name))
             except (NotFoundError, names.BadName):
                 continue
+            except CorruptRecord as e:
+                log.warning("%s", e)
         return out
 
     # -- versions -----------------------------------------------------------
@@ -183,21 +212,102 @@ class Repo:
                 nums.append(int(stem))
         return sorted(nums)
 
-    def _read_version(self, project: str, artifact: str, number: int) -> Version | None:
+    def version_record(
+        self, project: str, artifact: str, number: int
+    ) -> Version | Tombstone | None:
+        """The record of version ``number``: a live version, a tombstone, or None if absent.
+
+        CorruptRecord if the record breaks the format (it is read as untrusted input).
+        """
+        key = layout.version_key(project, artifact, number)
         try:
-            rec, etag = self._read_json(layout.version_key(project, artifact, number))
+            rec, etag = self._read_json(key)
         except NotFound:
             return None
-        if rec.get("deleted"):
+        if rec.get("deleted") is True:
+            dead = Tombstone.from_record(rec, key)
+            if dead.number != number:
+                raise CorruptRecord(f"corrupt record in store: {key}: it says v{dead.number}")
+            return dead
+        if "deleted" in rec and rec["deleted"] is not False:
+            raise CorruptRecord(f"corrupt record in store: {key}: 'deleted' must be true or false")
+        v = Version.from_record(project, artifact, rec, etag, key)
+        if v.number != number:
+            raise CorruptRecord(f"corrupt record in store: {key}: it says v{v.number}")
+        return v
+
+    def _read_version(self, project: str, artifact: str, number: int) -> Version | None:
+        rec = self.version_record(project, artifact, number)
+        return rec if isinstance(rec, Version) else None
+
+    def _read_version_or_skip(self, project: str, artifact: str, number: int) -> Version | None:
+        """For listings: a corrupt record costs its own version, not the listing."""
+        try:
+            return self._read_version(project, artifact, number)
+        except CorruptRecord as e:
+            log.warning("%s", e)
             return None
-        return Version.from_record(project, artifact, rec, etag)
+
+    def newest_live_versions(self, project: str, artifact: str) -> Iterator[Version]:
+        """Live versions from the highest number down, read one record at a time."""
+        for n in reversed(self._version_numbers(project, artifact)):
+            v = self._read_version_or_skip(project, artifact, n)
+            if v is not None:
+                yield v
+
+    def highest_live_version(self, project: str, artifact: str) -> Version | None:
+        """The live version with the highest number (what ``latest`` must name)."""
+        return next(self.newest_live_versions(project, artifact), None)
+
+    def repair_latest(self, project: str, artifact: str) -> tuple[int | None, int | None] | None:
+        """Point ``latest`` at the highest live version if it names anything else
+        (a commit killed between its record and the alias move leaves it behind).
+
+        Returns (old target, new target) if it changed something, else None.
+        """
+        key = layout.alias_key(project, artifact, "latest")
+        while True:
+            highest = self.highest_live_version(project, artifact)
+            try:
+                rec, etag = self._read_json(key)
+                current = rec.get("version")
+            except NotFound:
+                rec, etag, current = None, None, None
+            except CorruptRecord:
+                rec, etag, current = {}, self.store.head(key).etag, None
+            want = highest.number if highest is not None else None
+            if current == want and (rec is None or isinstance(current, int)):
+                return None
+            try:
+                if want is None:
+                    self.store.delete(key)
+                elif etag is None:
+                    self.store.put(key, encode_record({"version": want}), if_absent=True)
+                else:
+                    self.store.put(key, encode_record({"version": want}), if_match=etag)
+            except PreconditionFailed:
+                continue
+            return (current if isinstance(current, int) else None), want
+
+    def repair_every_latest(self) -> list[tuple[str, int | None, int | None]]:
+        """``repair_latest`` for every artifact; returns (artifact, old, new) of each change."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        arts = [(p.name, a.name) for p in self.projects() for a in self.artifacts(p.name)]
+
+        def one(pa: tuple[str, str]) -> tuple[str, int | None, int | None] | None:
+            changed = self.repair_latest(*pa)
+            return None if changed is None else (f"{pa[0]}/{pa[1]}", *changed)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return [c for c in pool.map(one, arts) if c is not None]
 
     def versions(self, project: str, artifact: str, *, with_aliases: bool = True) -> list[Version]:
         self.artifact(project, artifact)
         out = [
             v
             for n in self._version_numbers(project, artifact)
-            if (v := self._read_version(project, artifact, n)) is not None
+            if (v := self._read_version_or_skip(project, artifact, n)) is not None
         ]
         if with_aliases:
             by_number: dict[int, list[str]] = {}
@@ -270,11 +380,9 @@ class Repo:
             raise RepoError("description must be a string")
         if description is None and metadata is None and not set_metadata and not unset_metadata:
             return self.version(version.project, version.artifact, version.number)
-        for value in (description, metadata, set_metadata):
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError) as e:
-                raise RepoError(f"not JSON-serializable: {e}") from None
+        check_json_value(description, "description")
+        check_json_value(metadata, "metadata")
+        check_json_value(set_metadata, "metadata")
 
         def change(rec: dict[str, Any]) -> None:
             if rec.get("deleted"):
@@ -328,20 +436,28 @@ class Repo:
                 f"{version.ref} has aliases ({', '.join(sorted(aliases))}); "
                 "remove them first or pass --delete-aliases"
             )
-        # A tombstone, not a removal: version numbers are never reused.
+
+        # A tombstone, not a removal: version numbers are never reused, and gc
+        # keeps the manifest's blobs for the grace period after deleted_at.
+        def bury(r: dict[str, Any]) -> None:
+            if r.get("deleted") is True:
+                raise NotFoundError(f"no version {version.ref}")
+            manifest = r.get("manifest")
+            r.clear()
+            r.update(version=version.number, deleted=True, deleted_at=time.time())
+            if isinstance(manifest, str):
+                r["manifest"] = manifest
+
         self._update_record(
             layout.version_key(version.project, version.artifact, version.number),
-            lambda r: (
-                r.clear(),
-                r.update(version=version.number, deleted=True, deleted_at=time.time()),
-            ),
+            bury,
             f"no version {version.ref}",
         )
         for alias in aliases:
             if alias != "latest":
                 self.store.delete(layout.alias_key(version.project, version.artifact, alias))
         if "latest" in aliases:
-            self._repoint_latest(version.project, version.artifact)
+            self.repair_latest(version.project, version.artifact)
         return sorted(aliases)
 
     # -- aliases ------------------------------------------------------------
@@ -353,14 +469,22 @@ class Repo:
             alias = name.removesuffix(".json")
             if alias == name or not names.is_alias(alias):
                 continue  # not ours: names from a store pass the rules a user's do
-            rec = self._read_json_or_none(obj.key)
-            if rec is not None and "version" in rec:
-                out[alias] = int(rec["version"])
+            target = self._alias_record_target(obj.key)
+            if target is not None:
+                out[alias] = target
         return out
 
+    def _alias_record_target(self, key: str) -> int | None:
+        rec = self._read_json_or_none(key)
+        if rec is None:
+            return None
+        target = rec.get("version")
+        if not isinstance(target, int) or isinstance(target, bool) or target < 0:
+            raise CorruptRecord(f"corrupt record in store: {key}: 'version' must be an integer")
+        return target
+
     def alias_target(self, project: str, artifact: str, alias: str) -> int | None:
-        rec = self._read_json_or_none(layout.alias_key(project, artifact, alias))
-        return int(rec["version"]) if rec else None
+        return self._alias_record_target(layout.alias_key(project, artifact, alias))
 
     def set_alias(self, version: Version, alias: str) -> None:
         """Point ``alias`` at ``version``, moving it from wherever it was."""
@@ -389,38 +513,17 @@ class Repo:
                     return
                 except PreconditionFailed:
                     continue
-            current = int(rec["version"])
-            if current >= number and self._read_version(project, artifact, current) is not None:
+            except CorruptRecord:
+                rec, etag = {}, self.store.head(key).etag  # replaced below
+            current = rec.get("version")
+            if (
+                isinstance(current, int)
+                and current >= number
+                and self._read_version_or_skip(project, artifact, current) is not None
+            ):
                 return
             try:
                 self.store.put(key, encode_record({"version": number}), if_match=etag)
-                return
-            except PreconditionFailed:
-                continue
-
-    def _repoint_latest(self, project: str, artifact: str) -> None:
-        """After deleting the latest version: latest names the highest live one, or nothing."""
-        key = layout.alias_key(project, artifact, "latest")
-        while True:
-            live = [
-                n
-                for n in reversed(self._version_numbers(project, artifact))
-                if self._read_version(project, artifact, n) is not None
-            ]
-            try:
-                rec, etag = self._read_json(key)
-            except NotFound:
-                rec, etag = None, None
-            if not live:
-                self.store.delete(key)
-                return
-            if rec is not None and int(rec["version"]) == live[0]:
-                return
-            try:
-                if etag is None:
-                    self.store.put(key, encode_record({"version": live[0]}), if_absent=True)
-                else:
-                    self.store.put(key, encode_record({"version": live[0]}), if_match=etag)
                 return
             except PreconditionFailed:
                 continue
@@ -429,7 +532,10 @@ class Repo:
 
     def manifest(self, version: Version) -> Manifest:
         """The version's manifest, fetched into the cache and opened (kept open, LRU)."""
-        digest = version.manifest
+        return self.open_manifest(version.manifest)
+
+    def open_manifest(self, digest: str) -> Manifest:
+        """The manifest stored under ``digest`` (also a deleted version's)."""
         with self._manifests_lock:
             m = self._manifests.get(digest)
             if m is not None:
