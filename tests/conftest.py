@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,49 @@ STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local,s3").split(",")
 
 
 @pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store; after a test that passed, ``artfs check`` must find it consistent
+    (as s3ql runs fsck after its tests). A test that leaves a store broken on purpose
+    says so with ``@pytest.mark.store_left_inconsistent``."""
     if request.param == "local":
-        return str(tmp_path / "store")
-    if request.param == "s3":
-        return request.getfixturevalue("s3_url")
-    raise AssertionError(f"unknown store kind {request.param}")
+        url = str(tmp_path / "store")
+    elif request.param == "s3":
+        url = request.getfixturevalue("s3_url")
+    else:
+        raise AssertionError(f"unknown store kind {request.param}")
+    yield url
+    call = getattr(request.node, "rep_call", None)
+    if call is None or not call.passed:
+        return  # the test's own failure says more
+    if request.node.get_closest_marker("store_left_inconsistent") is None:
+        assert_store_consistent(url, tmp_path / "check-cache")
+
+
+def assert_store_consistent(url: str, cache: Path) -> None:
+    """``artfs check`` (in-process, without --read-data) of the store at ``url``."""
+    from artfs.objects import open_store
+    from artfs.repo import Repo
+    from artfs.repo.check import check_store
+
+    if "://" not in url and not Path(url).exists():
+        return  # never written
+    report = check_store(Repo.open(open_store(url), str(cache)))
+    problems = [str(p) for p in report.problems if not p.repaired]
+    assert not problems, "artfs check after the test: " + "; ".join(problems)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "store_left_inconsistent: the test breaks its store on purpose; skip the check"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep  # type: ignore[attr-defined] - read by the store_url teardown
 
 
 @pytest.fixture

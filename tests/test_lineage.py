@@ -75,7 +75,8 @@ def test_cli_run_records_use_and_log_and_gc_sweeps(run_artfs, tmp_path: Path) ->
     run_artfs("put", str(raw), "-n", "proj/raw")
     run_artfs("delete", "proj/raw:v1", "--delete-aliases")
     assert "swept 0 blobs" in run_artfs("gc").stdout
-    assert "swept 2 blobs" in run_artfs("gc", "--grace", "0", "--force").stdout  # b.csv + v1's manifest
+    swept = run_artfs("gc", "--grace", "0", "--force").stdout
+    assert "swept 2 blobs" in swept  # b.csv + v1's manifest
     assert run_artfs("get", "proj/model", "--root", str(tmp_path / "m")).returncode == 0
     assert (tmp_path / "m" / "a.csv").read_text() == "1,2,3"
     bad = run_artfs("gc", "--grace", "soon", check=False)

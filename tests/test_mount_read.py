@@ -327,6 +327,7 @@ def test_a_corrupt_blob_gives_eio_for_that_file_only(
         (v0 / "bad.txt").read_bytes()
 
 
+@pytest.mark.store_left_inconsistent  # a blob deleted on purpose
 def test_missing_blob_gives_eio(api, mount, tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src", {"a.txt": "aaa", "b.txt": "bbb"})
     api.put([src], "proj/ds")

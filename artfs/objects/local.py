@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from artfs.hooks import pause_point
 from artfs.objects.base import (
     PUT_WORKERS,
     Listing,
@@ -362,6 +363,7 @@ class LocalStore(ObjectStore):
         staged = [s for done in pool.map(stage_some, chunks) for s in done if s is not None]
         if not staged:
             return
+        pause_point("STORE_STAGED")  # tests: a kill here leaves temp files
         if not _syncfs(self.root):
             list(pool.map(lambda s: _fsync_path(s[1]), staged))
         parents: set[Path] = set()

@@ -187,6 +187,12 @@ def _check_artifact(
     except RepoError as e:
         report.problems.append(Problem("corrupt-record", f"{where} aliases", str(e)))
         aliases = {}
+        try:
+            latest = repo.alias_target(project, artifact, "latest")
+        except RepoError:
+            latest = None
+        if latest is not None:
+            aliases["latest"] = latest
     for alias, n in sorted(aliases.items()):
         if alias != "latest" and n not in live:
             report.problems.append(

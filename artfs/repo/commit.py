@@ -33,10 +33,10 @@ from typing import Any
 
 from artfs import names
 from artfs.digest import digest_fd, digest_file
+from artfs.hooks import pause_point
 from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
 from artfs.repo import layout, runs
-from artfs.repo.hooks import pause_point
 from artfs.repo.locks import SHARED, StoreLock
 from artfs.repo.records import CommitResult, RepoError, Version, check_json_value
 from artfs.repo.registry import Repo

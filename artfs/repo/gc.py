@@ -69,6 +69,7 @@ at once do not exclude each other (deleting garbage twice is harmless).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -78,9 +79,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from artfs.digest import is_digest
+from artfs.hooks import pause_point
 from artfs.objects import ObjectInfo
 from artfs.repo import layout
-from artfs.repo.hooks import pause_point
 from artfs.repo.locks import EXCLUSIVE, LockInfo, StoreLock, list_locks, remove_stale_locks
 from artfs.repo.records import RepoError, Tombstone, Version
 from artfs.repo.registry import Repo
@@ -90,7 +91,8 @@ log = logging.getLogger("artfs.repo.gc")
 DEFAULT_GRACE = 6 * 3600.0
 GRACE_FLOOR = 3600.0
 # Temp files are reclaimed under the exclusive lock, when no commit (the only
-# writer of large temp files) runs; this covers a small record being written.
+# writer of large temp files) runs; a temp file this old is no small record
+# being written either (ARTFS_TEST_TEMP_QUIET: seconds, in tests).
 TEMP_QUIET = 60.0
 _READ_WORKERS = 16
 _DELETE_BATCH = 1000
@@ -222,7 +224,7 @@ def collect_garbage(
     kept = _Kept(repo, cutoff=now - grace)
     kept.scan()
     if dry_run:
-        return _result(kept, blobs, now, grace, dry_run=True, temps=_temps(repo, grace))
+        return _result(kept, blobs, now, grace, dry_run=True, temps=_temps(repo))
     with StoreLock(store, EXCLUSIVE, "gc", on_wait=on_wait) as lock:
         pause_point("GC_LOCKED")
         kept.scan()
@@ -232,7 +234,7 @@ def collect_garbage(
             batch = doomed[i : i + _DELETE_BATCH]
             with ThreadPoolExecutor(max_workers=_READ_WORKERS) as pool:
                 list(pool.map(lambda o: store.delete(o.key), batch))
-        temps = _temps(repo, grace)
+        temps = _temps(repo)
         lock.check()
         for t in temps:
             store.delete_temp(t.key)
@@ -257,8 +259,11 @@ def _doomed(kept: _Kept, blobs: Iterable[ObjectInfo], now: float, grace: float) 
     ]
 
 
-def _temps(repo: Repo, grace: float) -> list[ObjectInfo]:
-    cutoff = time.time() - min(grace, TEMP_QUIET)
+def _temps(repo: Repo) -> list[ObjectInfo]:
+    quiet = TEMP_QUIET
+    with contextlib.suppress(ValueError):
+        quiet = max(0.0, float(os.environ.get("ARTFS_TEST_TEMP_QUIET") or TEMP_QUIET))
+    cutoff = time.time() - quiet
     return [t for t in repo.store.temp_objects() if t.mtime <= cutoff]
 
 

@@ -46,9 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from artfs.hooks import mark_point
 from artfs.objects import NotFound, ObjectStore, PreconditionFailed, StoreError
 from artfs.repo import layout
-from artfs.repo.hooks import mark_point
 from artfs.repo.records import RepoError
 
 log = logging.getLogger("artfs.repo.locks")
