@@ -361,7 +361,11 @@ def test_killed_upload_leaves_temp_files_that_gc_reports_and_reclaims(
     holder's lock and leaves no temp file and no lock."""
     src = make_tree(tmp_path / "src", {f"f{i}": random.Random(i).randbytes(4096) for i in range(5)})
     pause = tmp_path / "pause"
-    for point in ("STORE_STAGED", "BEFORE_RECORD"):
+    local = "://" not in store_url
+    # STORE_STAGED: the local store's temp copies are written, not linked yet
+    # (an object store keeps an upload's parts to itself).
+    points = ("STORE_STAGED", "BEFORE_RECORD") if local else ("BEFORE_RECORD",)
+    for point in points:
         pause.unlink(missing_ok=True)
         Path(f"{pause}.reached").unlink(missing_ok=True)
         put = _cli(
@@ -380,16 +384,16 @@ def test_killed_upload_leaves_temp_files_that_gc_reports_and_reclaims(
                 put.kill()
     store = open_store(store_url)
     temps = store.temp_objects()
-    if "://" not in store_url:
+    if local:
         assert len(temps) == 5  # the staged copies of the first killed put
-    assert len(list_locks(store)) == 2  # both puts died holding their lock
+    assert len(list_locks(store)) == len(points)  # each put died holding its lock
     env = dict(artfs_env, ARTFS_TEST_TEMP_QUIET="0.5")
     time.sleep(0.6)
     dry = run_artfs("gc", "--grace", "0", "--force", "--dry-run", env=env).stdout
-    if "://" not in store_url:
+    if local:
         assert "would remove 5 temp files" in dry
     r = run_artfs("gc", "--grace", "0", "--force", env=env, timeout=60)
-    assert "removed 2 stale locks" in r.stdout
+    assert f"removed {len(points)} stale locks" in r.stdout
     assert store.temp_objects() == [] and list_locks(store) == []
     # The blobs the second put uploaded were never referenced: swept too.
     assert list(store.iter_keys("blobs/")) == []
