@@ -13,6 +13,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -385,8 +386,8 @@ class BlobCache:
             try:
                 write()
                 return
-            except OSError as e:
-                if e.errno not in _FULL:
+            except (OSError, sqlite3.OperationalError) as e:
+                if getattr(e, "errno", None) not in _FULL and "disk is full" not in str(e):
                     raise
                 if attempt == 2 or not self.make_room():
                     raise CacheFull(
