@@ -57,6 +57,12 @@ class BlobReader:
                 raise BlobError(f"blob {self.digest} keeps changing under its reader")
         return data
 
+    def check(self) -> None:
+        """Raise BlobError unless the file is still the verified one (hashing
+        it again if its stamp moved: a link count change moves ctime too)."""
+        if self.stamp is not None and Stamp.of_fd(self.fd) != self.stamp:
+            self._reverify()
+
     def _reverify(self) -> None:
         with self._lock:
             try:

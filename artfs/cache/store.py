@@ -40,6 +40,21 @@ class CacheFull(BlobError):
     """The cache's disk is full and nothing more can be evicted."""
 
 
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it: a store download wraps it) is a full disk."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return True
+        if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 class BlobCache:
     def __init__(
         self,
@@ -95,10 +110,10 @@ class BlobCache:
             self.verify_seconds += time.perf_counter() - start
         return stamp
 
-    def discard(self, digest: str, fd: int) -> None:
+    def discard(self, digest: str, fd: int, reason: str = "") -> None:
         """A cache entry failed its digest: remove it (if still that file), so the
         next open fetches it again."""
-        log.warning("cache entry of blob %s does not match its digest: discarded", digest)
+        log.warning("discarded the cache entry of blob %s: %s", digest, reason or "changed")
         dest = self.path(digest)
         with contextlib.suppress(OSError):
             if os.path.samestat(os.stat(dest), os.fstat(fd)):
@@ -135,7 +150,7 @@ class BlobCache:
             return reader
         self.counters.miss()
         if size <= self.part_size:
-            return self.open_verified(digest, size)
+            return self._fetch_and_open(digest, size)
         partial = self._acquire_partial(digest, size)
         if partial is None:  # completed by someone else meanwhile
             return self.open_reader(digest, size)
@@ -143,6 +158,14 @@ class BlobCache:
 
     def open_verified(self, digest: str, size: int | None = None) -> BlobReader:
         """A pinned reader of the whole, verified blob in the cache (fetched if need be)."""
+        reader = self._open_cached(digest, size)
+        if reader is not None:
+            self.counters.hit()
+            return reader
+        self.counters.miss()
+        return self._fetch_and_open(digest, size)
+
+    def _fetch_and_open(self, digest: str, size: int | None) -> BlobReader:
         for _ in range(3):
             self.ensure(digest, size)
             reader = self._open_cached(digest, size)
@@ -198,8 +221,7 @@ class BlobCache:
                 try:
                     stamp = self.verify(fd, digest, size, "in the cache")
                 except BlobError as e:
-                    log.warning("%s", e)
-                    self.discard(digest, fd)
+                    self.discard(digest, fd, str(e))
                     os.close(fd)
                     return None
                 self.stamps.put(digest, stamp)
@@ -386,13 +408,13 @@ class BlobCache:
             try:
                 write()
                 return
-            except (OSError, sqlite3.OperationalError) as e:
-                if getattr(e, "errno", None) not in _FULL and "disk is full" not in str(e):
+            except Exception as e:
+                if not _disk_full(e):
                     raise
                 if attempt == 2 or not self.make_room():
                     raise CacheFull(
-                        f"the cache's disk is full ({self.root}) and every entry left "
-                        "is in use: free space there or set a smaller cache_size"
+                        f"no space left for the cache in {self.root}, even with every "
+                        "entry not in use evicted: free space there or move the cache"
                     ) from None
 
     def make_room(self, keep: Path | None = None) -> bool:
@@ -402,7 +424,7 @@ class BlobCache:
         result = self.cleanup(size // 2, keep=keep)
         if result.removed == 0:
             result = self.cleanup(0, keep=keep)
-        log.warning("cache disk full: evicted %d entries (%d bytes)", result.removed, result.freed)
+        log.info("cache disk full: evicted %d entries (%d bytes)", result.removed, result.freed)
         return result.removed > 0
 
     def _grew(self, added: Path, nbytes: int | None = None) -> None:

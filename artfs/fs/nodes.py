@@ -45,7 +45,7 @@ from typing import Any
 import pyfuse3
 
 from artfs import names
-from artfs.cache import BlobError, BlobReader, Stamp
+from artfs.cache import BlobError, BlobReader
 from artfs.digest import digest_bytes, is_digest
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
@@ -455,8 +455,9 @@ class MountedManifest(Manifest):
     every thread (SQLite serializes them), keeps its own descriptor: the
     cache may evict the file, or gc delete the store's, and it still reads
     the verified bytes. ``pin`` holds the file pinned in the cache; its
-    stamp is checked on every query, so a file changed in place fails (and
-    is reopened, so verified again) instead of answering with wrong entries.
+    stamp is checked on every query (an unlink moves only ctime: hashed
+    again, and still good), so a file changed in place fails (and is
+    reopened, so verified again) instead of answering with wrong entries.
     """
 
     def __init__(self, path: Path, digest: str, pin: BlobReader) -> None:
@@ -466,10 +467,11 @@ class MountedManifest(Manifest):
         super().__init__(path, digest)
 
     def _db(self) -> sqlite3.Connection:
-        stamp = self._pin.stamp
-        if stamp is not None and Stamp.of_fd(self._pin.fd) != stamp:
-            self.changed = True
-            raise BlobError(f"manifest {self.digest} changed on disk since it was verified")
+        try:
+            self._pin.check()
+        except BlobError as e:
+            self.changed = True  # the next request opens (and so verifies) it again
+            raise BlobError(f"manifest {self.digest} changed on disk: {e}") from None
         if self._shared is None:
             self._shared = super()._db()
         return self._shared

@@ -416,5 +416,7 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "verified_blobs": opener.verified_blobs,
         "verified_bytes": opener.verified_bytes,
         "verify_seconds": round(opener.verify_seconds, 3),
+        "nodes": ops.table.size(),
+        "lookups_held": len(ops._lookups),
         "pid": os.getpid(),
     }
