@@ -94,7 +94,7 @@ class _Placer:
                     self.counts["link"] += 1
                     _replace(tmp, target)
                     return
-            reader, _ = self.cache.open_whole(e.digest)
+            reader, _ = self.cache.open_whole(e.digest, e.size)
             try:
                 self._copy(reader, tmp, e)
             finally:

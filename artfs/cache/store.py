@@ -173,13 +173,13 @@ class BlobCache:
                 return reader
         raise BlobError(f"blob {digest} vanished from the cache (evicted as soon as fetched)")
 
-    def open_whole(self, digest: str) -> tuple[BlobReader, Path]:
+    def open_whole(self, digest: str, size: int | None = None) -> tuple[BlobReader, Path]:
         """A verified reader of the whole blob and the path it reads (the
         store's own file for a local store, else the cache's, pinned)."""
         local = self.store.local_path(self._key_for(digest))
         if local is not None:
-            return self._open_local(digest, None, local), local
-        return self.open_verified(digest), self.path(digest)
+            return self._open_local(digest, size, local), local
+        return self.open_verified(digest, size), self.path(digest)
 
     def _open_local(self, digest: str, size: int | None, path: Path) -> BlobReader:
         try:
