@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from pathlib import Path
 
 from artfs.cache.verify import Stamp
@@ -46,19 +45,27 @@ class StampBook:
         return stamp
 
     def put(self, digest: str, stamp: Stamp) -> None:
-        """Record ``stamp`` (atomically); a full disk only costs a later re-verify."""
+        """Record ``stamp``; a full disk only costs a later re-verify.
+
+        Written in place, not by rename: a torn or mixed write decodes as no
+        stamp or a stamp that matches nothing, which only means "hash again"."""
         with self._lock:
             self._known[digest] = stamp
         path = self.path(digest)
-        tmp = path.with_name(f".{uuid.uuid4().hex}")
+        data = stamp.encode()
         try:
-            path.parent.mkdir(exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(stamp.encode())
-            os.replace(tmp, path)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
         except OSError:
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                path.unlink()
 
     def drop(self, digest: str) -> None:
         with self._lock:
