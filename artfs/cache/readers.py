@@ -36,6 +36,7 @@ class BlobReader:
         pinned: bool = False,
         discard: Discard | None = None,
         restamp: Callable[[str, Stamp], None] | None = None,
+        touch: Callable[[str], None] | None = None,
     ) -> None:
         self.fd = fd
         self.size = size
@@ -44,6 +45,7 @@ class BlobReader:
         self.pinned = pinned
         self._discard = discard
         self._restamp = restamp
+        self._touch = touch
         self._lock = threading.Lock()
         self._was_pinned = False
 
@@ -94,6 +96,8 @@ class BlobReader:
             except OSError:
                 return False  # cleanup is removing it right now
             self.pinned = True
+            if self._touch is not None:
+                self._touch(self.digest)  # a use, for eviction's clock
         st = os.fstat(self.fd)
         if self.pinned and st.st_nlink == 0:
             return False  # evicted while idle: its space must go

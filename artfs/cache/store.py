@@ -238,6 +238,7 @@ class BlobCache:
             pinned=True,
             discard=self.discard,
             restamp=self.stamps.put,
+            touch=self.stamps.touch,
         )
 
     @contextlib.contextmanager
