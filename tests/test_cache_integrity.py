@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,30 @@ def test_an_open_file_whose_cache_entry_is_damaged_fails_its_read(
             assert got == data
     _drop_page_cache(f)
     assert f.read_bytes() == data  # the next open fetches it again
+
+
+def test_a_lazy_reader_checks_the_verified_blob_it_ends_up_reading(
+    s3_url: str, tmp_path: Path
+) -> None:
+    from artfs.cache import BlobError
+
+    data = os.urandom(9 * MiB)  # two parts: read lazily
+    api = Api(store=s3_url, cache=str(tmp_path / "c1"))
+    api.put([make_tree(tmp_path / "src", {"l.bin": data})], "proj/ds")
+    digest = next(d for _, _, d in api.artifact("proj/ds:v0").files())
+    cache = Api(store=s3_url, cache=str(tmp_path / "c2")).repo.cache
+    reader = cache.open_reader(digest, len(data))
+    try:
+        assert reader.read(0, len(data)) == data
+        deadline = time.monotonic() + 30
+        while not cache.has(digest):  # verified and moved into blobs/
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.link(cache.path(digest), tmp_path / "linked")  # moves ctime only: still good
+        assert reader.read(MiB, 100) == data[MiB : MiB + 100]
+        _damage(cache.path(digest), offset=MiB + 10)
+        with pytest.raises(BlobError):
+            reader.read(MiB, 100)
+    finally:
+        reader.close()
+    assert not cache.has(digest)  # discarded

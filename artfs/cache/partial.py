@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from artfs.cache.verify import BlobError
+from artfs.cache.verify import BlobError, Stamp
 from artfs.objects import NotFound, StoreError
 
 FETCH_WORKERS = 8
@@ -90,6 +90,7 @@ class Partial:
         self.finalizing = False
         self.done = threading.Event()  # verified into the cache, or failed
         self.refs = 0
+        self.stamp: Stamp | None = None  # once verified and in blobs/
         header = self._header(self.part_size, size)
         self.header_len = len(header)
         with cache.single_flight(digest):
@@ -233,6 +234,17 @@ class Partial:
             self.cond.notify_all()
         self.maybe_finalize()
 
+    def recheck(self) -> None:
+        """The verified file's stamp moved: keep it if it still matches its
+        digest (a hard link moves only ctime), else discard it and fail."""
+        with self.cond:
+            try:
+                self.stamp = self.cache.verify(self.fd, self.digest, self.size, "in the cache")
+            except BlobError as e:
+                self.cache.discard(self.digest, self.fd, str(e))
+                self.failed = e
+                raise
+
     def _write(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
         pos = offset
@@ -275,6 +287,7 @@ class Partial:
                     cache.verify(self.fd, self.digest, self.size, "in the store")
                     try:
                         cache._place(self.fd, self.path, self.digest, dest)
+                        self.stamp = Stamp.of_fd(self.fd)
                         with cache._partials_guard:
                             cache.fetches += 1
                     except FileNotFoundError:
@@ -337,7 +350,11 @@ class LazyBlobReader:
         if window:
             p.prefetch(range(last + 1, last + 1 + window))
         p.ensure_range(first, last)
-        return os.pread(p.fd, end - offset, offset)
+        data = os.pread(p.fd, end - offset, offset)
+        if p.stamp is not None and Stamp.of_fd(p.fd) != p.stamp:
+            p.recheck()  # a verified blob changed under its reader: hash it again
+            data = os.pread(p.fd, end - offset, offset)
+        return data
 
     def idle(self) -> bool:
         """Never kept without an open: its partial fetch pins the file."""
