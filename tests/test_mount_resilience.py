@@ -332,3 +332,49 @@ def test_a_full_cache_disk_evicts_first_and_fails_in_one_line(
     assert "Traceback" not in put.stderr
     if put.returncode != 0:
         assert put.stderr.startswith("artfs: error: ") and put.stderr.count("\n") == 1
+
+
+def test_a_hung_store_holds_up_no_lookup_in_another_directory(
+    s3server: S3Server, s3_url: str, tmp_path: Path
+) -> None:
+    api = Api(store=s3_url, cache=str(tmp_path / "api-cache"))
+    api.put([make_tree(tmp_path / "src", {"a.txt": "aaa"})], "proj/ds")
+    api.put([make_tree(tmp_path / "src2", {"c.txt": "ccc"})], "other/ds")
+    timeout = 3.0
+    with FaultProxy(s3server.port) as proxy:
+        env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, ARTFS_STORE_TIMEOUT=str(timeout))
+        # A hung request is bounded by request_timeout, which `timeout` does not cap.
+        config = tmp_path / "config.toml"
+        config.write_text(f"[object_store]\nrequest_timeout = {timeout - 1}\n")
+        env["ARTFS_CONFIG"] = str(config)
+        with mounted(
+            tmp_path / "mnt",
+            store_url=s3_url,
+            cache_dir=tmp_path / "cache",
+            state_dir=tmp_path / "state",
+            env=env,
+            args=["--ttl", "0.5"],
+            allowed_errors=["keeping the last listing", "failed after", "timed out"],
+        ) as m:
+            a = m.path / "proj/ds/v0/a.txt"
+            c = m.path / "other/ds/v0/c.txt"
+            assert a.read_text() == "aaa" and c.read_text() == "ccc"
+            proxy.set(delay=1.0, delay_seconds=60)  # every request hangs
+            time.sleep(1.0)
+            took: dict[str, float] = {}
+
+            def stat(name: str, path: Path) -> None:
+                start = time.monotonic()
+                os.stat(path)
+                took[name] = time.monotonic() - start
+
+            threads = [threading.Thread(target=stat, args=(n, p)) for n, p in (("a", a), ("c", c))]
+            for t in threads:
+                t.start()
+                time.sleep(0.2)  # "a" is refreshing the root listing when "c" starts
+            for t in threads:
+                t.join()
+            # Each waits for its own store request at most, never for the other's.
+            assert took["a"] < timeout * 1.5 + 1 and took["c"] < timeout * 1.5 + 1, took
+            proxy.set(delay=0.0)
+            assert c.read_text() == "ccc"
