@@ -11,29 +11,21 @@ path = art.download()
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import errno
 import os
-import shutil
-import stat
-import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from artfs import names
-from artfs.cache import CleanupResult
+from artfs.cache import CacheInfo, CleanupResult
 from artfs.config import Settings, load_settings
-from artfs.digest import digest_file
-from artfs.manifest import Entry, ManifestBuilder, scan_tree
+from artfs.manifest import ManifestBuilder, scan_tree
+from artfs.materialize import materialize
 from artfs.objects import open_store
 from artfs.repo import CommitResult, Repo, RepoError, Version, commit_tree, hash_files, runs
 
 Progress = Callable[[int], None]
-PLACE_WORKERS = 8
-_PLACE_CHUNK = 16
 PhaseProgress = Callable[[str, int], Progress | None]
 
 
@@ -107,13 +99,19 @@ class ArtifactVersion:
         return [(p, e.size, e.digest or "") for p, e in m.files()]
 
     def download(
-        self, root: str | os.PathLike[str] | None = None, progress: Progress | None = None
+        self,
+        root: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+        *,
+        link: bool = False,
     ) -> Path:
+        """Write the version's files under ``root``: reflinks or copies of the
+        cache's verified blobs, or, with ``link``, read-only hard links to them."""
         run_id = os.environ.get(runs.RUN_ENV)
         if run_id:
             # Inside `artfs run`, a download is a use, as W&B's use_artifact.
             runs.record_use(self._api.repo, run_id, self._version)
-        return self._api.download(self._version, root, progress)
+        return self._api.download(self._version, root, progress, link=link)
 
     checkout = download
 
@@ -210,17 +208,22 @@ class Api:
         version: Version,
         root: str | os.PathLike[str] | None = None,
         progress: Progress | None = None,
+        *,
+        link: bool = False,
     ) -> Path:
         dest = (
             Path(root)
             if root is not None
             else (Path("artifacts") / f"{version.artifact}:v{version.number}")
         )
-        materialize(self.repo, version, dest, progress)
+        materialize(self.repo, version, dest, progress, link=link)
         return dest.absolute()
 
     def cache_cleanup(self, max_bytes: int) -> CleanupResult:
         return self.repo.cache.cleanup(max_bytes)
+
+    def cache_info(self) -> CacheInfo:
+        return self.repo.cache.info()
 
 
 def _unique_files(builder: ManifestBuilder) -> list[tuple[str, int, str]]:
@@ -259,93 +262,3 @@ def build_tree(
             seen.add(path)
             files.append((path, disk))
     return builder, files
-
-
-def materialize(repo: Repo, version: Version, dest: Path, progress: Progress | None = None) -> None:
-    """Write a version's tree under ``dest``.
-
-    Files come from the cache: hard-linked when on the same filesystem (they
-    are then read-only, like DVC's hardlink cache), else copied. A file that
-    already holds the right bytes is left alone.
-    """
-    if dest.exists() and not dest.is_dir():
-        raise RepoError(f"cannot get into {dest}: not a directory")
-    manifest = repo.manifest(version)
-    # Every entry is validated (walk raises on a bad one) before anything is written.
-    entries = list(manifest.walk())
-    dest.mkdir(parents=True, exist_ok=True)
-    files = []
-    for path, e in entries:
-        target = dest / path
-        if e.is_dir:
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                target.unlink()
-            target.mkdir(exist_ok=True)
-        elif e.is_symlink:
-            if target.is_symlink() and os.readlink(target) == e.target:
-                continue
-            _remove(target)
-            os.symlink(e.target, target)  # type: ignore[arg-type]
-        else:
-            files.append((target, e))
-
-    def place(chunk: list[tuple[Path, Entry]]) -> int:
-        for target, e in chunk:
-            assert e.digest is not None
-            if not _holds(target, e.size, e.digest, repo.cache.path(e.digest)):
-                _place_file(repo.cache.ensure(e.digest, e.size), target, e.executable)
-                continue
-            st = target.stat()
-            if bool(st.st_mode & 0o100) != e.executable:
-                if st.st_nlink > 1:  # shared with the cache: never chmod it
-                    _place_file(repo.cache.ensure(e.digest), target, e.executable)
-                else:
-                    os.chmod(target, 0o755 if e.executable else 0o644)
-        return sum(e.size for _, e in chunk)
-
-    # Fetches from a remote store and cache fsyncs overlap; chunks keep the
-    # pool's own cost per file small.
-    chunks = [files[i : i + _PLACE_CHUNK] for i in range(0, len(files), _PLACE_CHUNK)]
-    with ThreadPoolExecutor(max_workers=PLACE_WORKERS) as pool:
-        for done in pool.map(place, chunks):
-            if progress:
-                progress(done)
-
-
-def _holds(target: Path, size: int, digest: str, cached: Path) -> bool:
-    """Whether ``target`` is a regular file with exactly these bytes already."""
-    try:
-        st = target.lstat()
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        if os.path.samestat(st, cached.stat()):
-            return True  # a hard link to the verified cache copy
-    return digest_file(target)[0] == digest
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-
-
-def _place_file(cached: Path, target: Path, executable: bool) -> None:
-    tmp = target.with_name(f".{target.name}.artfs-{uuid.uuid4().hex[:8]}")
-    linked = False
-    if not executable:
-        try:
-            os.link(cached, tmp)
-            linked = True
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise
-    if not linked:
-        shutil.copyfile(cached, tmp)
-        os.chmod(tmp, 0o755 if executable else 0o644)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    os.replace(tmp, target)

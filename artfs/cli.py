@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -130,7 +131,7 @@ def cmd_get(args: argparse.Namespace) -> None:
     api = _api(args)
     art = api.artifact(args.ref)
     with _progress_bars() as bars:
-        path = art.download(args.root, bars("get", art.version.size))
+        path = art.download(args.root, bars("get", art.version.size), link=args.link)
     print(path)
 
 
@@ -248,10 +249,42 @@ def cmd_cache_cleanup(args: argparse.Namespace) -> None:
     size = parse_size(args.size)
     assert size is not None
     r = _api(args).cache_cleanup(size)
+    if args.json:
+        _print_json(
+            {"removed": r.removed, "freed": r.freed, "size": r.kept_bytes, "pinned": r.pinned}
+        )
+        return
     print(
         f"removed {r.removed} blobs, freed {_fmt_size(r.freed)}; cache now "
         f"{_fmt_size(r.kept_bytes)}" + (f"; {r.pinned} in use kept" if r.pinned else "")
     )
+
+
+def cmd_cache_info(args: argparse.Namespace) -> None:
+    i = _api(args).cache_info()
+    if args.json:
+        _print_json(
+            {
+                "path": i.root,
+                "size": i.size,
+                "limit": i.limit,
+                "blobs": i.blobs,
+                "partial": i.partials,
+                "pinned": i.pinned,
+                "pinned_bytes": i.pinned_bytes,
+                "hits": i.hits,
+                "misses": i.misses,
+                "hit_rate": i.hit_rate,
+            }
+        )
+        return
+    rate = f"{i.hit_rate:.1%}" if i.hit_rate is not None else "-"
+    print(f"path:     {i.root}")
+    print(f"size:     {_fmt_size(i.size)} ({i.size} bytes)")
+    print(f"limit:    {_fmt_size(i.limit) + f' ({i.limit} bytes)' if i.limit else 'none'}")
+    print(f"blobs:    {i.blobs}" + (f" (+{i.partials} partly fetched)" if i.partials else ""))
+    print(f"pinned:   {i.pinned} in use, {_fmt_size(i.pinned_bytes)}")
+    print(f"hit rate: {rate} ({i.hits} hits, {i.misses} misses)")
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
@@ -484,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", cmd_get, "download a version into a directory")
     p.add_argument("ref")
     p.add_argument("--root", help="directory to write (default ./artifacts/NAME:vN)")
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link files to the cache (read-only, no copy) instead of reflink or copy",
+    )
 
     p = add("ls", cmd_ls, "list projects, artifacts or versions")
     p.add_argument("target", nargs="?", metavar="PROJECT[/ARTIFACT]")
@@ -529,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cache_sub.add_parser("cleanup", parents=[common], help="prune the cache to SIZE")
     p.set_defaults(func=cmd_cache_cleanup)
     p.add_argument("size", metavar="SIZE", help="e.g. 1GB")
+    p.add_argument("--json", action="store_true")
+    p = cache_sub.add_parser(
+        "info", parents=[common], help="size, limit, blobs, pinned bytes and hit rate"
+    )
+    p.set_defaults(func=cmd_cache_info)
+    p.add_argument("--json", action="store_true")
 
     p = add("gc", cmd_gc, "delete blobs that no live version needs")
     p.add_argument(
@@ -613,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # before OSError, its base: `artfs ls | head` is no error
         return 0
+    except sqlite3.Error as e:  # a manifest written on a full disk, or an unreadable one
+        print(f"artfs: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"artfs: error: {e.strerror or e}{where}", file=sys.stderr)

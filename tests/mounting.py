@@ -112,6 +112,20 @@ def stop_mount(m: Mount) -> None:
             subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
 
 
+def log_problems(text: str, allowed_errors: Sequence[str] | None = None) -> list[str]:
+    """Lines of a daemon log that show a bug: tracebacks and ``unexpected``
+    errors always; with ``allowed_errors``, also every ERROR line that
+    contains none of those strings."""
+    bad = []
+    for line in text.splitlines():
+        error = " ERROR " in line
+        bug = "Traceback (most recent call last)" in line or (error and " unexpected " in line)
+        strict = allowed_errors is not None and not any(a in line for a in allowed_errors)
+        if bug or (error and strict):
+            bad.append(line)
+    return bad
+
+
 @contextlib.contextmanager
 def mounted(
     mountpoint: Path,
@@ -121,7 +135,12 @@ def mounted(
     state_dir: Path,
     env: dict[str, str] | None = None,
     args: Sequence[str] = (),
+    check_log: bool = True,
+    allowed_errors: Sequence[str] | None = None,
 ) -> Iterator[Mount]:
+    """A mount for the ``with`` block. On a clean exit the daemon's log is
+    checked (``log_problems``): a traceback fails the test unless
+    ``check_log=False``."""
     m = start_mount(
         mountpoint,
         store_url=store_url,
@@ -132,5 +151,10 @@ def mounted(
     )
     try:
         yield m
-    finally:
+    except BaseException:
         stop_mount(m)
+        raise
+    stop_mount(m)
+    if check_log:
+        problems = log_problems(m.log_text(), allowed_errors)
+        assert not problems, "the daemon logged:\n" + "\n".join(problems)

@@ -55,7 +55,8 @@ def test_get_leaves_identical_files_alone_and_links_from_cache(
     src = _src(tmp_path)
     run_artfs("put", str(src), "-n", "proj/ds")
     out = tmp_path / "out"
-    run_artfs("get", "proj/ds", "--root", str(out))
+    # Links only when asked (the default is a reflink or copy: test_cache_integrity).
+    run_artfs("get", "--link", "proj/ds", "--root", str(out))
     x = out / "data/x.bin"
     cache = Path(artfs_env["ARTFS_CACHE"])
     cached = [p for p in (cache / "blobs").rglob("*") if p.is_file() and p.stat().st_size == 25600]
@@ -67,7 +68,7 @@ def test_get_leaves_identical_files_alone_and_links_from_cache(
     os.unlink(out / "README")
     (out / "README").write_text("edited")
     readme_before = (out / "README").stat().st_ino
-    run_artfs("get", "proj/ds", "--root", str(out))
+    run_artfs("get", "--link", "proj/ds", "--root", str(out))
     assert (out / "README").read_text() == "hello\n"
     assert (out / "README").stat().st_ino != readme_before
     after = {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in out.rglob("*")}
@@ -420,15 +421,15 @@ def test_get_over_a_version_with_other_exec_bits_keeps_the_cache_intact(
     src = make_tree(tmp_path / "src", {"tool": "#!/bin/sh\n", "data": "d"})
     run_artfs("put", str(src), "-n", "proj/ds")
     out = tmp_path / "out"
-    run_artfs("get", "proj/ds:v0", "--root", str(out))
+    run_artfs("get", "--link", "proj/ds:v0", "--root", str(out))
     assert (out / "tool").stat().st_nlink == 2  # linked from the cache
     (src / "tool").chmod(0o755)
     run_artfs("put", str(src), "-n", "proj/ds")
-    run_artfs("get", "proj/ds:v1", "--root", str(out))
+    run_artfs("get", "--link", "proj/ds:v1", "--root", str(out))
     assert (out / "tool").stat().st_mode & 0o111 == 0o111
     cached = [p for p in (Path(artfs_env["ARTFS_CACHE"]) / "blobs").rglob("xxh128:*")]
     assert cached and all(p.stat().st_mode & 0o777 == 0o444 for p in cached)
-    run_artfs("get", "proj/ds:v0", "--root", str(out))
+    run_artfs("get", "--link", "proj/ds:v0", "--root", str(out))
     assert (out / "tool").stat().st_mode & 0o111 == 0
     assert read_tree(out) == {"tool": ("f", b"#!/bin/sh\n", False), "data": ("f", b"d", False)}
 

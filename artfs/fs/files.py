@@ -1,29 +1,31 @@
-"""Open files of the mount: readers of blobs, and the checks made before serving one.
+"""Open files of the mount: readers of blobs, shared by opens and kept a while.
 
 Every open of a version file goes through ``BlobCache.open_reader``, which
 fetches a missing blob into the shared cache (verified, single flight) or,
-for a store in a local directory, reads the store's own file. That file has
-not been verified by anyone, so the first open of each such blob in a mount
-hashes it once; a blob whose bytes do not match its digest is never served.
+for a store in a local directory, reads the store's own file (hashed on its
+first open in this process). Readers check the file's stamp after every
+read, so a file changed since it was verified is hashed again, and never
+served if it no longer matches. Idle readers kept for the next open hold no
+pin in the cache and are checked again (``revive``) before reuse.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import threading
-import time
 from collections import OrderedDict
 from typing import Protocol
 
 from artfs.cache import BlobCache, BlobError
-from artfs.digest import READ_CHUNK, Hasher
 from artfs.objects import ObjectStore
-from artfs.repo import layout
 
 
 class Reader(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
+
+    def idle(self) -> bool: ...
+
+    def revive(self) -> bool: ...
 
     def close(self) -> None: ...
 
@@ -45,6 +47,12 @@ class InMemory:
     def read(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
 
+    def idle(self) -> bool:
+        return True
+
+    def revive(self) -> bool:
+        return True  # verified bytes in memory: nothing on disk to change
+
     def close(self) -> None:
         pass
 
@@ -56,6 +64,12 @@ class _Empty:
 
     def read(self, offset: int, length: int) -> bytes:
         return b""
+
+    def idle(self) -> bool:
+        return True
+
+    def revive(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -110,8 +124,10 @@ class ReaderPool:
     Opening a blob costs a worker thread round trip (and, for a local store,
     a stat); a program that opens the same files again and again (a data
     loader, epoch after epoch) gets the reader back without leaving the
-    event loop. Idle readers still pin their blobs in the cache, so only
-    ``idle_max`` of them are kept. Thread-safe; nothing here blocks.
+    event loop. An idle reader gives up its pin in the cache (so the size
+    limit holds) and is revived, or dropped if its file was evicted or
+    changed, on the next open. Thread-safe; nothing here blocks for long
+    (``revive`` is an fstat and a non-blocking flock).
     """
 
     def __init__(self, idle_max: int = 256) -> None:
@@ -127,9 +143,13 @@ class ReaderPool:
                 self._open[inode] = (reader, n + 1)
                 return reader
             reader = self._idle.pop(inode, None)
-            if reader is not None:
+            if reader is None:
+                return None
+            if reader.revive():
                 self._open[inode] = (reader, 1)
-            return reader
+                return reader
+        reader.close()
+        return None
 
     def add(self, inode: int, reader: Reader) -> Reader:
         """Register a freshly opened reader; returns the one to use (another
@@ -154,7 +174,10 @@ class ReaderPool:
                 self._open[inode] = (reader, n - 1)
                 return
             del self._open[inode]
-            self._idle[inode] = reader
+            if reader.idle():
+                self._idle[inode] = reader
+            else:
+                evicted.append(reader)
             while len(self._idle) > self.idle_max:
                 evicted.append(self._idle.popitem(last=False)[1])
         for r in evicted:
@@ -170,28 +193,31 @@ class ReaderPool:
 
 
 class BlobOpener:
-    """Opens blobs for reading; checks a local store's file once per mount."""
+    """Opens blobs for reading. The cache verifies (and re-checks the stamp of)
+    every file it hands out, the store's own files included."""
 
     def __init__(self, cache: BlobCache, store: ObjectStore) -> None:
         self.cache = cache
         self.store = store
-        # digest -> (st_ino, st_mtime_ns, st_size) of the store file that matched it
-        self._verified: dict[str, tuple[int, int, int]] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-        self.verified_blobs = 0
-        self.verified_bytes = 0
-        self.verify_seconds = 0.0
+
+    @property
+    def verified_blobs(self) -> int:
+        return self.cache.verified_blobs
+
+    @property
+    def verified_bytes(self) -> int:
+        return self.cache.verified_bytes
+
+    @property
+    def verify_seconds(self) -> float:
+        return self.cache.verify_seconds
 
     def open(self, digest: str, size: int) -> Reader:
         reader = self.cache.open_reader(digest, size)
         try:
-            # One byte more than expected shows a blob that is too long.
-            data = reader.read(0, size + 1) if size <= SMALL_FILE else None
-            local = self.store.local_path(layout.blob_key(digest))
-            if local is not None:
-                self._check_local(digest, size, local, reader, data)
-            if data is not None:
+            if size <= SMALL_FILE:
+                # One byte more than expected shows a blob that is too long.
+                data = reader.read(0, size + 1)
                 if len(data) != size:
                     raise BlobError(f"blob {digest} holds {len(data)} bytes, not {size}")
                 reader.close()
@@ -200,40 +226,3 @@ class BlobOpener:
             reader.close()
             raise
         return reader
-
-    def _check_local(
-        self,
-        digest: str,
-        size: int,
-        path: os.PathLike[str],
-        reader: Reader,
-        data: bytes | None,
-    ) -> None:
-        with self._guard:
-            lock = self._locks.setdefault(digest, threading.Lock())
-        with lock:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                raise BlobError(f"blob {digest} is missing from the store") from None
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if self._verified.get(digest) == key:
-                return
-            start = time.perf_counter()
-            hasher = Hasher()
-            if data is not None:
-                hasher.update(data)
-            else:
-                offset = 0
-                while chunk := reader.read(offset, READ_CHUNK):
-                    hasher.update(chunk)
-                    offset += len(chunk)
-            if hasher.hexdigest() != digest or hasher.size != size:
-                raise BlobError(
-                    f"blob {digest} is corrupt in the store: {hasher.size} bytes that hash "
-                    f"to {hasher.hexdigest()} (expected {size} bytes)"
-                )
-            self._verified[digest] = key
-            self.verified_blobs += 1
-            self.verified_bytes += size
-            self.verify_seconds += time.perf_counter() - start

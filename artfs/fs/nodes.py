@@ -1,12 +1,23 @@
 """The mount's inode table: one node for each thing the kernel can see.
 
-Listing nodes (root, project, artifact, alias link, staging) are few: each
-gets an inode the first time it is seen and keeps it for the mount's life, so
-``forget`` has nothing to free. Version trees can hold millions of entries,
+Listing nodes (root, project, artifact, alias link, staging) get an inode
+the first time they are seen. The table holds a node strongly while the
+kernel holds a lookup of it (operations.py counts them); once forgotten, only
+weakly: a node still referenced elsewhere (its parent's listing) keeps its
+inode, one referenced nowhere is freed. Version trees can hold millions of entries,
 so their nodes are not stored at all: a version gets a small tree index when
 it is first looked up, and an entry's inode is computed from (tree index,
 manifest entry id). Inodes are therefore stable for a (version, path) while
 mounted, and the daemon's memory does not grow with the size of a tree.
+
+A version's manifest is verified, pinned in the cache and opened once for
+the mount (``MountedManifest``): evicting its cache file, or gc deleting the
+store's, does not take it from under the mount. A manifest that cannot be
+had or read fails the requests of that version only (EIO).
+
+Listings survive a store outage: after a failed refresh the last good
+listing is served at once, and every listing waits out a backoff
+(``StoreHealth``) before asking the store again.
 
 Every method here may block (store requests, SQLite queries, disk reads):
 ``operations.py`` calls them from worker threads, never on the trio loop.
@@ -20,19 +31,24 @@ import errno
 import json
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
 
 from artfs import names
+from artfs.cache import BlobError, BlobReader
+from artfs.digest import digest_bytes, is_digest
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
-from artfs.manifest import DIR, ROOT_ID, Entry, Manifest
+from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
 from artfs.repo import NotFoundError, Repo, Version
 from artfs.repo.records import Artifact
@@ -47,10 +63,40 @@ ENTRY_MASK = (1 << TREE_SHIFT) - 1
 FOREVER = 24 * 3600.0
 BLOCK = 512
 XATTR_PREFIX = "user.artfs."
+EMPTY_DIGEST = digest_bytes(b"")
 
 
 def fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
+
+
+class StoreHealth:
+    """Whether the store answered lately: after a failure, listings wait out a
+    backoff (doubling, up to ``MAX_BACKOFF``) before asking it again."""
+
+    FIRST_BACKOFF = 1.0
+    MAX_BACKOFF = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._until = 0.0
+
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._until
+
+    def failed(self) -> float:
+        with self._lock:
+            self._failures += 1
+            delay = min(self.FIRST_BACKOFF * 2 ** (self._failures - 1), self.MAX_BACKOFF)
+            self._until = time.monotonic() + delay
+            return delay
+
+    def answered(self) -> None:
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+                self._until = 0.0
 
 
 @dataclass
@@ -64,6 +110,7 @@ class MountContext:
     gid: int
     started: float
     readers: ReaderPool = field(default_factory=ReaderPool)
+    health: StoreHealth = field(default_factory=StoreHealth)
 
 
 def make_attr(
@@ -188,6 +235,8 @@ class ListingNode(Node):
         self._lock = threading.Lock()
         self._listed_at = -1.0
         self._children: dict[str, Node] = {}
+        self._have_listing = False
+        self._refreshing = False
 
     def created(self) -> float:
         return self.ctx.started
@@ -203,19 +252,43 @@ class ListingNode(Node):
         raise NotImplementedError
 
     def children(self) -> dict[str, Node]:
-        with self._lock:
-            if time.monotonic() - self._listed_at >= self.ctx.ttl:
-                try:
-                    self._children = self.list_children()
-                except StoreError as e:
-                    if self._listed_at < 0:
-                        raise
-                    # A store that is briefly unreachable should not empty a
-                    # directory that was listed a moment ago; try again next time.
-                    log.warning("%s: keeping the last listing: %s", self.describe(), e)
-                    return self._children
-                self._listed_at = time.monotonic()
+        if time.monotonic() - self._listed_at < self.ctx.ttl:
             return self._children
+        # Stale: while another thread refreshes it, or the store is backing
+        # off after a failure, the last listing answers at once.
+        if (
+            self._have_listing
+            and self._listed_at >= 0
+            and (self._refreshing or self.ctx.health.backing_off())
+        ):
+            return self._children
+        with self._lock:
+            if time.monotonic() - self._listed_at < self.ctx.ttl:
+                return self._children
+            self._refreshing = True
+            try:
+                children = self.list_children()
+            except StoreError as e:
+                delay = self.ctx.health.failed()
+                if not self._have_listing:
+                    raise
+                # A store that is briefly unreachable should not empty a
+                # directory that was listed a moment ago.
+                log.warning(
+                    "%s: keeping the last listing (next try in %.0f s): %s",
+                    self.describe(),
+                    delay,
+                    e,
+                )
+                self._listed_at = max(self._listed_at, 0.0)
+                return self._children
+            finally:
+                self._refreshing = False
+            self.ctx.health.answered()
+            self._children = children
+            self._have_listing = True
+            self._listed_at = time.monotonic()
+            return children
 
     def lookup(self, name: str) -> Node | None:
         return self.children().get(name)
@@ -375,6 +448,39 @@ class StagingPlaceholder(ListingNode):
 ROOT_ENTRY = Entry(ROOT_ID, 0, "", DIR, 0o755, 0)
 
 
+class MountedManifest(Manifest):
+    """A version's manifest held for the mount's use.
+
+    One SQLite connection, opened once on the verified file and shared by
+    every thread (SQLite serializes them), keeps its own descriptor: the
+    cache may evict the file, or gc delete the store's, and it still reads
+    the verified bytes. ``pin`` holds the file pinned in the cache; its
+    stamp is checked on every query (an unlink moves only ctime: hashed
+    again, and still good), so a file changed in place fails (and is
+    reopened, so verified again) instead of answering with wrong entries.
+    """
+
+    def __init__(self, path: Path, digest: str, pin: BlobReader) -> None:
+        self._pin = pin
+        self._shared: sqlite3.Connection | None = None
+        self.changed = False
+        super().__init__(path, digest)
+
+    def _db(self) -> sqlite3.Connection:
+        try:
+            self._pin.check()
+        except BlobError as e:
+            self.changed = True  # the next request opens (and so verifies) it again
+            raise BlobError(f"manifest {self.digest} changed on disk: {e}") from None
+        if self._shared is None:
+            self._shared = super()._db()
+        return self._shared
+
+
+# How long a version whose manifest could not be had waits before trying again.
+MANIFEST_RETRY = 5.0
+
+
 class VersionTree:
     """One mounted version: its record, its manifest (opened on first use), its inodes."""
 
@@ -384,16 +490,45 @@ class VersionTree:
         self.version = version
         self.base = index << TREE_SHIFT
         self._repo = repo
-        self._manifest: Manifest | None = None
+        self._manifest: MountedManifest | None = None
+        self._failed: tuple[float, BlobError] | None = None
         self._lock = threading.Lock()
 
     @property
     def manifest(self) -> Manifest:
-        if self._manifest is None:
-            with self._lock:
-                if self._manifest is None:
-                    self._manifest = self._repo.manifest(self.version)
-        return self._manifest
+        m = self._manifest
+        if m is not None and not m.changed:
+            return m
+        with self._lock:
+            m = self._manifest
+            if m is None or m.changed:
+                if self._failed is not None and time.monotonic() < self._failed[0]:
+                    raise self._failed[1]
+                try:
+                    m = self._manifest = self._open()
+                except BlobError as e:
+                    self._failed = (time.monotonic() + MANIFEST_RETRY, e)
+                    raise
+                self._failed = None
+        return m
+
+    def _open(self) -> MountedManifest:
+        digest = self.version.manifest
+        ref = self.version.ref
+        if not is_digest(digest):
+            raise BlobError(f"{ref}: its record names no manifest digest ({digest!r})")
+        try:
+            pin, path = self._repo.cache.open_whole(digest)
+        except BlobError as e:
+            raise BlobError(f"{ref}: cannot open its manifest: {e}") from None
+        try:
+            return MountedManifest(path, digest, pin)
+        except (sqlite3.Error, KeyError, ValueError, TypeError) as e:
+            pin.close()
+            raise BlobError(f"{ref}: its manifest {digest} is unreadable: {e}") from None
+        except BaseException:
+            pin.close()
+            raise
 
     def inode(self, entry_id: int) -> int:
         return self.base | entry_id
@@ -402,11 +537,34 @@ class VersionTree:
         """The version's record as last listed: description and metadata can change."""
         return self.artifact.version_record(self.version.number) or self.version
 
+    def check(self, entry: Entry) -> Entry:
+        """A manifest row is untrusted input: refuse one that cannot be served."""
+        ok = (
+            isinstance(entry.id, int)
+            and 0 < entry.id <= ENTRY_MASK
+            and isinstance(entry.mode, int)
+            and isinstance(entry.size, int)
+            and entry.size >= 0
+            and entry.kind in (DIR, FILE, SYMLINK)
+            and (entry.kind != FILE or (isinstance(entry.digest, str) and is_digest(entry.digest)))
+            and (entry.kind != SYMLINK or isinstance(entry.target, str))
+        )
+        if ok and entry.id != ROOT_ID:
+            try:
+                names.check_path_component(entry.name, entry.name)
+            except (names.BadName, TypeError, AttributeError):
+                ok = False
+        if not ok:
+            raise BlobError(f"{self.version.ref}: manifest entry {entry.id!r} is malformed")
+        return entry
+
 
 class VersionNode(Node):
     """A manifest entry of a version tree. Made per request and never stored."""
 
     def __init__(self, table: InodeTable, tree: VersionTree, entry: Entry) -> None:
+        if entry is not ROOT_ENTRY:
+            tree.check(entry)
         super().__init__(table, tree.inode(entry.id))
         self.tree = tree
         self.entry = entry
@@ -445,7 +603,8 @@ class VersionNode(Node):
         if self.is_root:
             return self.tree.artifact
         parent = self.tree.manifest.entry(self.entry.parent)
-        assert parent is not None
+        if parent is None or not parent.is_dir:
+            raise BlobError(f"{self.tree.version.ref}: entry {self.entry.id} has no parent")
         return VersionNode(self.table, self.tree, parent)
 
     def lookup(self, name: str) -> Node | None:
@@ -470,7 +629,7 @@ class VersionNode(Node):
         if not self.entry.is_file:
             return super().open(flags, ctx)
         assert self.entry.digest is not None
-        if self.entry.size == 0:
+        if self.entry.size == 0 and self.entry.digest == EMPTY_DIGEST:
             return VersionFileHandle(EMPTY)
         pool = self.ctx.readers
         reader = pool.acquire(self.inode)
@@ -521,6 +680,11 @@ class InodeTable:
         self.root = RootNode(self, ROOT_INODE)
         self._nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._by_key: dict[tuple, Node] = {}
+        # Nodes the kernel forgot: kept only while something else refers to them.
+        self._weak: weakref.WeakValueDictionary[int, Node] = weakref.WeakValueDictionary()
+        self._weak_by_key: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
+        self._keys: dict[int, tuple] = {}
+        self._finalized: set[int] = set()
         self._next_inode = ROOT_INODE + 1
         self._trees: list[VersionTree | None] = [None]
         self._tree_index: dict[tuple[str, str, int], int] = {}
@@ -537,11 +701,51 @@ class InodeTable:
         with self._lock:
             node = self._by_key.get(key)
             if node is None:
-                node = factory(self, self._next_inode, *args)
-                self._next_inode += 1
+                node = self._weak_by_key.get(key)
+                if node is None:
+                    node = factory(self, self._next_inode, *args)
+                    self._next_inode += 1
                 self._by_key[key] = node
                 self._nodes[node.inode] = node
+                self._keys[node.inode] = key
             return node
+
+    def hold(self, inode: int) -> None:
+        """The kernel holds ``inode`` again: keep its node strongly."""
+        if inode >> TREE_SHIFT or inode == ROOT_INODE:
+            return
+        with self._lock:
+            node = self._weak.get(inode)
+            if node is not None and inode not in self._nodes:
+                self._nodes[inode] = node
+                key = self._keys.get(inode)
+                if key is not None and key not in self._by_key:
+                    self._by_key[key] = node
+
+    def forget(self, inode: int) -> None:
+        """The kernel forgot ``inode``: keep its node only while others refer to it."""
+        if inode >> TREE_SHIFT or inode == ROOT_INODE:
+            return
+        with self._lock:
+            node = self._nodes.pop(inode, None)
+            if node is None:
+                return
+            self._weak[inode] = node
+            key = self._keys.get(inode)
+            if key is not None and self._by_key.get(key) is node:
+                del self._by_key[key]
+                self._weak_by_key[key] = node
+            if inode not in self._finalized:
+                self._finalized.add(inode)
+                weakref.finalize(node, self._gone, inode)
+
+    def _gone(self, inode: int) -> None:
+        self._keys.pop(inode, None)
+        self._finalized.discard(inode)
+
+    def size(self) -> int:
+        """Nodes held strongly (for tests and stats)."""
+        return len(self._nodes)
 
     def rekey(self, old: tuple, new: tuple) -> None:
         """A node renamed in place (an alias moved by ``mv``) now answers to ``new``."""
@@ -549,6 +753,7 @@ class InodeTable:
             node = self._by_key.pop(old, None)
             if node is not None:
                 self._by_key[new] = node
+                self._keys[node.inode] = new
 
     def replace_root(self, root: RootNode) -> None:
         with self._lock:
@@ -558,7 +763,7 @@ class InodeTable:
     def get(self, inode: int) -> Node:
         index = inode >> TREE_SHIFT
         if index == 0:
-            node = self._nodes.get(inode)
+            node = self._nodes.get(inode) or self._weak.get(inode)
             if node is None:
                 raise fuse_error(errno.ENOENT)
             return node

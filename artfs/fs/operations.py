@@ -2,27 +2,32 @@
 
 Every call that may block runs in a worker thread under one capacity
 limiter, so a slow fetch or store listing never holds up other requests.
-Errors from the core become errnos here, with the reason in the log.
+Every call is guarded: whatever it raises becomes an errno (errors.py's
+table), with the reason in the log, and the daemon goes on.
+
+Lookup counts: each reply that hands the kernel an inode (lookup, create,
+mkdir, mknod, symlink, link, and every readdirplus entry) counts one; a
+``forget`` takes them back, and at zero the table may let the node go
+(``InodeTable.forget``), so the table stays as large as what the kernel
+holds, not as everything ever looked up or staged.
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 
-from artfs import names
+from artfs.fs.errors import to_fuse_error
 from artfs.fs.files import FileHandle, VersionFileHandle
 from artfs.fs.lineage import RunRecorder, run_of_process
 from artfs.fs.nodes import XATTR_PREFIX, InodeTable, Node, VersionNode, negative_attr
-from artfs.objects import StoreError
-from artfs.repo import NotFoundError, RepoError
 
 log = logging.getLogger("artfs.fs")
 T = TypeVar("T")
@@ -70,27 +75,31 @@ class Operations(pyfuse3.Operations):
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
+        self._lookups: dict[int, int] = {}  # inode -> lookups the kernel holds
 
     # -- plumbing -------------------------------------------------------------
+
+    def _fail(self, what: str, e: BaseException) -> pyfuse3.FUSEError:
+        error, counts = to_fuse_error(what, e)
+        if counts:
+            self.stats.errors += 1
+        return error
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        except pyfuse3.FUSEError as e:
-            if e.errno == errno.EROFS:
-                log.info("%s: refused, read-only", what)
-            raise
-        except (NotFoundError, names.BadName) as e:
-            log.debug("%s: %s", what, e)
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except (StoreError, RepoError, ValueError) as e:
-            self.stats.errors += 1
-            log.error("%s: %s", what, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as e:
-            self.stats.errors += 1
-            log.error("%s: %s", what, e)
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception as e:
+            raise self._fail(what, e) from None
+
+    def _counted(self, attr: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """``attr`` is going to the kernel, which counts one lookup of its inode."""
+        inode = attr.st_ino
+        if inode:
+            n = self._lookups.get(inode, 0)
+            self._lookups[inode] = n + 1
+            if n == 0:
+                self.table.hold(inode)
+        return attr
 
     def _node(self, inode: int) -> Node:
         return self.table.get(inode)
@@ -123,7 +132,7 @@ class Operations(pyfuse3.Operations):
             child = parent.lookup(text)
             return child.attr() if child is not None else negative_attr(parent.negative_timeout())
 
-        return await self._run(f"lookup {text!r} in inode {parent_inode}", run)
+        return self._counted(await self._run(f"lookup {text!r} in inode {parent_inode}", run))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self._call(f"getattr {inode}", inode, "attr")
@@ -133,8 +142,13 @@ class Operations(pyfuse3.Operations):
         return target.encode("utf-8", "surrogateescape")
 
     async def forget(self, inode_list: Any) -> None:
-        # Listing nodes live as long as the mount; version nodes are never stored.
-        pass
+        for inode, n in inode_list:
+            left = self._lookups.get(inode, 0) - n
+            if left > 0:
+                self._lookups[inode] = left
+                continue
+            self._lookups.pop(inode, None)
+            self.table.forget(inode)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
@@ -165,6 +179,7 @@ class Operations(pyfuse3.Operations):
             ):
                 d.pending, d.pending_offset = entries[i:], offset
                 return
+            self._counted(attr)  # readdirplus: the kernel counts a lookup per entry
             offset = next_id
         d.pending, d.pending_offset = [], -1
 
@@ -270,13 +285,14 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         what = f"mkdir {_name(name)!r} in inode {parent_inode}"
-        return await self._call(what, parent_inode, "mkdir", _name(name), mode, ctx)
+        return self._counted(await self._call(what, parent_inode, "mkdir", _name(name), mode, ctx))
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         what = f"mknod {_name(name)!r} in inode {parent_inode}"
-        return await self._call(what, parent_inode, "mknod", _name(name), mode, rdev, ctx)
+        attr = await self._call(what, parent_inode, "mknod", _name(name), mode, rdev, ctx)
+        return self._counted(attr)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -286,7 +302,7 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         self._files[fh] = handle
         info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
-        return info, attr
+        return info, self._counted(attr)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         what = f"unlink {_name(name)!r} in inode {parent_inode}"
@@ -300,7 +316,8 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         what = f"symlink {_name(name)!r} in inode {parent_inode}"
-        return await self._call(what, parent_inode, "symlink", _name(name), _name(target), ctx)
+        attr = await self._call(what, parent_inode, "symlink", _name(name), _name(target), ctx)
+        return self._counted(attr)
 
     async def rename(
         self,
@@ -327,7 +344,62 @@ class Operations(pyfuse3.Operations):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         what = f"link inode {inode} as {_name(new_name)!r}"
-        return await self._call(what, inode, "link", new_parent_inode, _name(new_name), ctx)
+        return self._counted(
+            await self._call(what, inode, "link", new_parent_inode, _name(new_name), ctx)
+        )
+
+
+# Every request handler, guarded: nothing a request raises reaches pyfuse3's
+# loop (which would end the mount); it becomes an errno for that request.
+_OPS = [
+    "lookup",
+    "getattr",
+    "readlink",
+    "forget",
+    "statfs",
+    "opendir",
+    "readdir",
+    "releasedir",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "fsync",
+    "release",
+    "getxattr",
+    "listxattr",
+    "setxattr",
+    "removexattr",
+    "setattr",
+    "mkdir",
+    "mknod",
+    "create",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+]
+
+
+def _guarded(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def guarded(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as e:
+            error = self._fail(f"{name} {args[0] if args else ''}".strip(), e)
+            if name == "forget":
+                return None  # forget has no reply: an error raised here would end the loop
+            raise error from None
+
+    return guarded
+
+
+for _op in _OPS:
+    setattr(Operations, _op, _guarded(_op, getattr(Operations, _op)))
 
 
 def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
@@ -344,5 +416,7 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "verified_blobs": opener.verified_blobs,
         "verified_bytes": opener.verified_bytes,
         "verify_seconds": round(opener.verify_seconds, 3),
+        "nodes": ops.table.size(),
+        "lookups_held": len(ops._lookups),
         "pid": os.getpid(),
     }

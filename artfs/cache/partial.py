@@ -1,0 +1,371 @@
+"""Large blobs fetched part by part: a read waits only for the parts it touches.
+
+A blob larger than one part (``PART_SIZE``, 8 MiB) from a remote store is
+read lazily: ``open_reader`` returns at once, and a read waits only for the
+parts it touches. Parts are fetched with ranged gets into a sparse file
+``partial/<digest>``, next to a record ``partial/<digest>.parts`` (a header,
+then one byte per part, set once that part's bytes are durable). So:
+
+- every reader of a blob in this process shares one set of part fetches
+  (a part is fetched once, however many readers want it);
+- a sequential reader triggers readahead of the next parts in parallel, in a
+  window that doubles up to ``READAHEAD_PARTS``;
+- a partly fetched blob survives a restart: the record says what is there;
+- once every part is there, the whole file is hashed (``verify_fd``); if it
+  matches its digest it is renamed into ``blobs/`` and is an ordinary cached
+  blob (open readers keep reading the same inode), else it is discarded and
+  every further read of it raises BlobError.
+
+A part served before the whole is verified cannot be verified on its own:
+the digest covers the whole blob. What makes that acceptable is that parts
+come from an immutable, content-addressed key (all from one object, whose
+size must match), and a blob that turns out wrong is discarded and never
+served again. ``ensure`` (whole files for the CLI, manifests) always
+verifies before returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from artfs.cache.verify import BlobError, Stamp
+from artfs.objects import NotFound, StoreError
+
+FETCH_WORKERS = 8
+_RECORD_VERSION = 1
+_PRESENT = b"\x01"
+
+
+class Workers:
+    """A few daemon threads running background fetches.
+
+    Daemon threads, so queued readahead never holds up the exit of a CLI
+    process: a fetch cut off at exit leaves at worst a part not recorded.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._started < self._count:
+                self._started += 1
+                threading.Thread(target=self._run, daemon=True, name="artfs-fetch").start()
+        self._queue.put(fn)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._queue.get()
+            with contextlib.suppress(Exception):  # errors are recorded by the task itself
+                fn()
+
+
+class Partial:
+    """One blob being fetched part by part, shared by every reader of it in
+    this process. See the module docstring for the on-disk record."""
+
+    def __init__(self, cache: Any, digest: str, size: int) -> None:
+        self.cache = cache
+        self.digest = digest
+        self.size = size
+        self.key = cache._key_for(digest)
+        self.part_size = cache.part_size
+        self.nparts = (size + self.part_size - 1) // self.part_size
+        self.path = cache.root / "partial" / digest
+        self.record_path = self.path.with_name(digest + ".parts")
+        self.cond = threading.Condition()
+        self.state: dict[int, str] = {}  # part -> "queued" | "running"
+        self.errors: dict[int, BaseException] = {}
+        self.failed: BaseException | None = None
+        self.finalizing = False
+        self.done = threading.Event()  # verified into the cache, or failed
+        self.refs = 0
+        self.stamp: Stamp | None = None  # once verified and in blobs/
+        header = self._header(self.part_size, size)
+        self.header_len = len(header)
+        with cache.single_flight(digest):
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.record = os.open(self.record_path, os.O_RDWR | os.O_CREAT, 0o644)
+            old = os.pread(self.record, self.header_len + self.nparts + 1, 0)
+            if (
+                old[: self.header_len] != header
+                or len(old) != self.header_len + self.nparts
+                or os.fstat(self.fd).st_size != size
+            ):
+                # New, or from another part size or a damaged record: start over.
+                os.ftruncate(self.fd, 0)
+                os.ftruncate(self.fd, size)
+                os.ftruncate(self.record, 0)
+                os.pwrite(self.record, header + bytes(self.nparts), 0)
+                old = header + bytes(self.nparts)
+            self.present = bytearray(old[self.header_len :])
+            fcntl.flock(self.fd, fcntl.LOCK_SH)  # pinned while any reader has it
+        self.count = sum(1 for b in self.present if b)
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+
+    @staticmethod
+    def _header(part_size: int, size: int) -> bytes:
+        return f"artfs-parts {_RECORD_VERSION} {part_size} {size}\n".encode()
+
+    @staticmethod
+    def recorded_size(path: Path) -> int | None:
+        """The blob size a partial fetch on disk was started for, if there is one."""
+        try:
+            with open(path.with_name(path.name + ".parts"), "rb") as f:
+                words = f.readline().split()
+        except OSError:
+            return None
+        if len(words) == 4 and words[0] == b"artfs-parts" and words[3].isdigit():
+            return int(words[3])
+        return None
+
+    def close_files(self) -> None:
+        for fd in (self.fd, self.record):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fd = self.record = -1
+
+    # -- fetching -------------------------------------------------------------
+
+    def prefetch(self, parts: Iterable[int]) -> None:
+        """Queue background fetches of ``parts`` not present nor underway."""
+        queued = []
+        with self.cond:
+            if self.failed is not None:
+                return
+            for i in parts:
+                if 0 <= i < self.nparts and not self.present[i] and i not in self.state:
+                    self.state[i] = "queued"
+                    queued.append(i)
+        for i in queued:
+            self.cache._background(self, lambda i=i: self._fetch_queued(i))
+
+    def _fetch_queued(self, i: int) -> None:
+        with self.cond:
+            if self.state.get(i) != "queued":
+                return  # taken over by a reader, or cancelled
+            self.state[i] = "running"
+        self._fetch(i)
+
+    def ensure_range(self, first: int, last: int) -> None:
+        """Return once parts ``first..last`` are present; fetches in this thread
+        the ones nobody is fetching yet (taking over queued readahead), waits
+        for the ones underway."""
+        if self.failed is not None:
+            raise self.failed
+        if all(self.present[first : last + 1]):
+            return
+        mine = []
+        with self.cond:
+            for i in range(first, last + 1):
+                if not self.present[i] and self.state.get(i) != "running":
+                    self.state[i] = "running"
+                    self.errors.pop(i, None)
+                    mine.append(i)
+        for n, i in enumerate(mine):
+            try:
+                self._fetch(i)
+            except BaseException:
+                with self.cond:  # give back the claims this thread will not fetch
+                    for j in mine[n + 1 :]:
+                        self.state.pop(j, None)
+                    self.cond.notify_all()
+                raise
+        self._wait(range(first, last + 1))
+
+    def _wait(self, parts: Iterable[int]) -> None:
+        with self.cond:
+            for i in parts:
+                while not self.present[i]:
+                    if self.failed is not None:
+                        raise self.failed
+                    if i not in self.state:
+                        if i in self.errors:
+                            raise self.errors[i]
+                        raise BlobError(f"part {i} of blob {self.digest} was not fetched")
+                    self.cond.wait()
+            if self.failed is not None:
+                raise self.failed
+
+    def _fetch(self, i: int) -> None:
+        """Fetch part ``i`` (claimed as running by the caller) and record it."""
+        offset = i * self.part_size
+        length = min(self.part_size, self.size - offset)
+        try:
+            # Another process may have fetched it into the same file meanwhile.
+            if os.pread(self.record, 1, self.header_len + i) != _PRESENT:
+                try:
+                    data = self.cache.store.get_range(self.key, offset, length)
+                except NotFound:
+                    raise BlobError(f"blob {self.digest} is missing from the store") from None
+                if len(data) != length:
+                    raise BlobError(
+                        f"blob {self.digest} in the store is not {self.size} bytes long "
+                        f"(part {i} came back with {len(data)} of {length} bytes)"
+                    )
+                self.cache.writing(lambda: self._write(data, offset))
+                os.pwrite(self.record, _PRESENT, self.header_len + i)
+                with self.cache._partials_guard:
+                    self.cache.part_fetches += 1
+                self.cache._grew(self.path, length)
+        except BaseException as e:
+            with self.cond:
+                self.state.pop(i, None)
+                self.errors[i] = e
+                self.cond.notify_all()
+            raise
+        with self.cond:
+            self.state.pop(i, None)
+            self.errors.pop(i, None)
+            if not self.present[i]:
+                self.present[i] = 1
+                self.count += 1
+            self.cond.notify_all()
+        self.maybe_finalize()
+
+    def recheck(self) -> None:
+        """The verified file's stamp moved: keep it if it still matches its
+        digest (a hard link moves only ctime), else discard it and fail."""
+        with self.cond:
+            try:
+                self.stamp = self.cache.verify(self.fd, self.digest, self.size, "in the cache")
+            except BlobError as e:
+                self.cache.discard(self.digest, self.fd, str(e))
+                self.failed = e
+                raise
+
+    def _write(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        pos = offset
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view = view[n:]
+            pos += n
+        os.fdatasync(self.fd)  # the bytes are durable before the record says so
+
+    def complete(self) -> None:
+        """Fetch every missing part (in parallel) and verify; raise if it fails."""
+        missing = [i for i in range(self.nparts) if not self.present[i]]
+        if missing:
+            # The first in this thread, the rest on the workers.
+            self.prefetch(missing[1:])
+            self.ensure_range(missing[0], missing[0])
+            self._wait(missing)
+        self.maybe_finalize()
+        self.done.wait()
+        if self.failed is not None:
+            raise self.failed
+
+    # -- verification -----------------------------------------------------------
+
+    def maybe_finalize(self) -> None:
+        with self.cond:
+            if self.count < self.nparts or self.finalizing:
+                return
+            self.finalizing = True
+        self.cache._background(self, self._finalize)
+
+    def _finalize(self) -> None:
+        """Hash the complete file; move it into the cache, or discard it."""
+        cache = self.cache
+        dest = cache.path(self.digest)
+        try:
+            with cache.single_flight(self.digest):
+                if not dest.exists():
+                    os.fsync(self.fd)
+                    cache.verify(self.fd, self.digest, self.size, "in the store")
+                    try:
+                        cache._place(self.fd, self.path, self.digest, dest)
+                        self.stamp = Stamp.of_fd(self.fd)
+                        with cache._partials_guard:
+                            cache.fetches += 1
+                    except FileNotFoundError:
+                        pass  # another process finished this very file first
+                else:
+                    self.path.unlink(missing_ok=True)
+                self.record_path.unlink(missing_ok=True)
+        except BaseException as e:
+            with self.cond:
+                self.failed = (
+                    e
+                    if isinstance(e, StoreError)
+                    else BlobError(f"blob {self.digest}: cannot complete its fetch: {e}")
+                )
+            cache._forget_partial(self)
+            with cache.single_flight(self.digest):
+                self.path.unlink(missing_ok=True)
+                self.record_path.unlink(missing_ok=True)
+        finally:
+            with self.cond:
+                self.cond.notify_all()
+            self.done.set()
+
+
+class LazyBlobReader:
+    """Reads of a blob that is being fetched part by part: each read waits only
+    for the parts it touches; sequential reading drives readahead. Thread-safe.
+
+    Raises BlobError or StoreError (EIO in the mount) when a part cannot be
+    fetched, or once the complete blob failed its digest check.
+    """
+
+    def __init__(self, cache: Any, partial: Partial) -> None:
+        self._cache = cache
+        self._p = partial
+        self.size = partial.size
+        self._next = 0  # where a sequential reader reads next
+        self._window = 0  # readahead, in parts
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        p = self._p
+        if self._closed:
+            raise ValueError("read of a closed blob reader")
+        end = min(offset + length, self.size)
+        if offset >= end:
+            if p.failed is not None:
+                raise p.failed
+            return b""
+        first = offset // p.part_size
+        last = (end - 1) // p.part_size
+        with self._lock:
+            if offset == self._next:
+                self._window = min(max(1, self._window * 2), self._cache.readahead_parts)
+            else:
+                self._window = 0
+            self._next = end
+            window = self._window
+        if window:
+            p.prefetch(range(last + 1, last + 1 + window))
+        p.ensure_range(first, last)
+        data = os.pread(p.fd, end - offset, offset)
+        if p.stamp is not None and Stamp.of_fd(p.fd) != p.stamp:
+            p.recheck()  # a verified blob changed under its reader: hash it again
+            data = os.pread(p.fd, end - offset, offset)
+        return data
+
+    def idle(self) -> bool:
+        """Never kept without an open: its partial fetch pins the file."""
+        return False
+
+    def revive(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._cache._release_partial(self._p)

@@ -1,0 +1,109 @@
+"""Readers of one verified blob file, checked against its stamp on every use.
+
+A ``BlobReader`` holds an fd on a cache entry (pinned by a shared ``flock``
+while open) or on a local store's own file (never pinned: the store is not
+the cache). Every read is followed by an ``fstat``: if the file is no longer
+the one that was verified (size, mtime, inode, ctime), it is hashed again
+before the bytes go out, and a file that fails is discarded from the cache
+and the read fails. A reader may go idle (kept for the next open of the same
+file): it then gives up its pin, and ``revive`` tells whether it may serve
+again (stamp unchanged, not evicted meanwhile).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable
+
+from artfs.cache.verify import BlobError, Stamp, verify_fd
+
+# Called with (digest, fd) when a reader's file failed its re-verification.
+Discard = Callable[[str, int], None]
+
+
+class BlobReader:
+    """Positional reads of one blob, for one open file. Thread-safe (pread)."""
+
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        digest: str = "",
+        stamp: Stamp | None = None,
+        *,
+        pinned: bool = False,
+        discard: Discard | None = None,
+        restamp: Callable[[str, Stamp], None] | None = None,
+        touch: Callable[[str], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.size = size
+        self.digest = digest
+        self.stamp = stamp
+        self.pinned = pinned
+        self._discard = discard
+        self._restamp = restamp
+        self._touch = touch
+        self._lock = threading.Lock()
+        self._was_pinned = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        # After the read: a change that started before it shows in the stamp.
+        if self.stamp is not None and Stamp.of_fd(self.fd) != self.stamp:
+            self._reverify()
+            data = os.pread(self.fd, length, offset)
+            if Stamp.of_fd(self.fd) != self.stamp:
+                raise BlobError(f"blob {self.digest} keeps changing under its reader")
+        return data
+
+    def check(self) -> None:
+        """Raise BlobError unless the file is still the verified one (hashing
+        it again if its stamp moved: a link count change moves ctime too)."""
+        if self.stamp is not None and Stamp.of_fd(self.fd) != self.stamp:
+            self._reverify()
+
+    def _reverify(self) -> None:
+        with self._lock:
+            try:
+                stamp = verify_fd(self.fd, self.digest, self.size, "(changed since verified)")
+            except BlobError:
+                if self._discard is not None:
+                    self._discard(self.digest, self.fd)
+                raise
+            if stamp.ctime_ns != Stamp.of_fd(self.fd).ctime_ns:
+                raise BlobError(f"blob {self.digest} changed while it was verified")
+            self.stamp = stamp
+            if self._restamp is not None:
+                self._restamp(self.digest, stamp)
+
+    def idle(self) -> bool:
+        """Give up the pin while no open uses this reader. True if it may be kept."""
+        if self.pinned:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.pinned = False
+            self._was_pinned = True
+        return True
+
+    def revive(self) -> bool:
+        """Take the pin back for a new open: False if the file was evicted or
+        changed meanwhile (the caller then opens the blob afresh)."""
+        if self._was_pinned:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return False  # cleanup is removing it right now
+            self.pinned = True
+            if self._touch is not None:
+                self._touch(self.digest)  # a use, for eviction's clock
+        st = os.fstat(self.fd)
+        if self.pinned and st.st_nlink == 0:
+            return False  # evicted while idle: its space must go
+        return self.stamp is None or Stamp.of(st) == self.stamp
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
