@@ -112,8 +112,8 @@ def test_sequential_writes_are_hashed_as_written(manager: StagingManager, api: A
     h.release()
     seq = os.lstat(area.files / "seq.bin")
     rnd = os.lstat(area.files / "random.bin")
-    assert area._hashed(seq.st_ino, seq.st_size) is not None
-    assert area._hashed(rnd.st_ino, rnd.st_size) is None
+    assert area.state.hashed(seq.st_ino, seq.st_size) is not None
+    assert area.state.hashed(rnd.st_ino, rnd.st_size) is None
     v = area.commit().version
     files = {p: d for p, _s, d in api.artifact(v.ref).files()}
     from artfs.digest import digest_bytes
