@@ -34,7 +34,7 @@ def raises(err: int, fn, *args, **kw) -> None:
 
 
 def test_open_flags(staging) -> None:
-    m, st = staging
+    _m, st = staging
     p = st / "f"
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     assert os.write(fd, b"hello world") == 11
@@ -64,7 +64,7 @@ def test_open_flags(staging) -> None:
 
 
 def test_rename_rules(staging) -> None:
-    m, st = staging
+    _m, st = staging
     (st / "a").write_text("a")
     (st / "b").write_text("b")
     (st / "d1").mkdir()
@@ -89,7 +89,7 @@ def test_rename_rules(staging) -> None:
 
 
 def test_unlink_and_rmdir_rules(staging) -> None:
-    m, st = staging
+    _m, st = staging
     (st / "d/e").mkdir(parents=True)
     (st / "d/e/f").write_text("f")
     raises(errno.EISDIR, os.unlink, st / "d")
@@ -109,7 +109,7 @@ def test_unlink_and_rmdir_rules(staging) -> None:
 
 
 def test_symlinks(staging) -> None:
-    m, st = staging
+    _m, st = staging
     (st / "t").write_text("target")
     os.symlink("t", st / "l")
     os.symlink("../nowhere", st / "dangling")
@@ -123,7 +123,7 @@ def test_symlinks(staging) -> None:
 
 
 def test_truncate(staging) -> None:
-    m, st = staging
+    _m, st = staging
     p = st / "f"
     p.write_bytes(b"0123456789")
     os.truncate(p, 4)
@@ -170,7 +170,7 @@ def test_times_and_modes(staging, api: Api) -> None:
 
 
 def test_refused_node_types_and_eexist_first(staging) -> None:
-    m, st = staging
+    _m, st = staging
     (st / "f").write_text("f")
     raises(errno.EEXIST, os.mkfifo, st / "f")
     raises(errno.EEXIST, os.mknod, st / "f", stat.S_IFCHR | 0o600, os.makedev(1, 3))
@@ -208,7 +208,7 @@ def test_unlinked_open_file_lives_until_last_close(staging, api: Api) -> None:
 
 
 def test_tempfile_in_staging(staging) -> None:
-    m, st = staging
+    _m, st = staging
     with tempfile.TemporaryFile(dir=st) as f:
         f.write(b"x" * 100_000)
         f.seek(0)
@@ -236,7 +236,7 @@ def test_statfs_is_the_state_directory(staging) -> None:
 
 
 def test_bad_base_is_einval_with_the_reason(staging, api: Api, tmp_path) -> None:
-    m, st = staging
+    _m, st = staging
     raises(errno.EINVAL, (st / ".base").write_text, "v7\n")
     assert "bad .base 'v7'" in (st / ".status").read_text()
     raises(errno.EINVAL, (st / ".base").write_text, "nope/none:v0\n")

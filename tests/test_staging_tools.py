@@ -45,7 +45,7 @@ WAYS = {
 
 @pytest.mark.parametrize("way", list(WAYS))
 def test_every_way_of_writing_commit_commits_once(way, staging, api: Api) -> None:
-    m, st = staging
+    _m, st = staging
     for n in range(2):
         (st / f"f{n}.txt").write_text(f"{way} {n}\n")
         if WAYS[way] is None:
@@ -71,7 +71,7 @@ def test_every_way_of_writing_commit_commits_once(way, staging, api: Api) -> Non
 
 
 def test_control_files_are_reachable_but_not_listed(staging) -> None:
-    m, st = staging
+    _m, st = staging
     assert sh("ls -A", st).stdout == ""
     assert os.listdir(st) == []
     assert sh("ls .status .commit .base .aliases .description .metadata.json", st).returncode == 0
@@ -120,7 +120,7 @@ def test_git_clone_into_staging(staging, tmp_path: Path) -> None:
 
 
 def test_rsync_delete_into_staging(staging, tmp_path: Path) -> None:
-    m, st = staging
+    _m, st = staging
     src = make_tree(tmp_path / "src", {"a": "a", "d/b": "b", "d/c": "c"})
     r = subprocess.run(["rsync", "-a", "--delete", f"{src}/", f"{st}/"], capture_output=True)
     assert r.returncode == 0, r.stderr
