@@ -460,7 +460,7 @@ class VersionNode(Node):
                 return ROOT_ENTRY, False
         try:
             return tree.manifest.root(), True
-        except (StoreError, OSError, ValueError) as e:
+        except Exception as e:  # a bad manifest costs its version's listing, not the artifact's
             log.warning("%s: manifest unreadable: %s", self.describe(), e)
             return ROOT_ENTRY, False
 
