@@ -120,6 +120,9 @@ class Handles:
             self._give_owner(path, owner)
             self._mark_created(path)
             h = self._handle(path, fd, writable=True)
+            # A digest left for a reused inode number (a file removed with its
+            # directory) must not stand for this new file.
+            self.state.set_hashed(h.ino)
             h.wrote = True  # an empty file is hashed too: by its empty hasher
             return h
 
