@@ -207,6 +207,20 @@ def test_unlinked_open_file_lives_until_last_close(staging, api: Api) -> None:
     os.close(fd)
 
 
+def test_unlinked_open_base_file_stays_readable(mount, api: Api, tmp_path) -> None:  # noqa: F811
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"base bytes")
+    api.put([src], "proj/ds")
+    st = mount().path / "proj/ds/staging"
+    (st / ".base").write_text("v0")
+    with open(st / "a", "rb") as f:
+        os.unlink(st / "a")
+        assert not (st / "a").exists()
+        assert os.fstat(f.fileno()).st_size == 10
+        assert f.read() == b"base bytes"
+
+
 def test_tempfile_in_staging(staging) -> None:
     _m, st = staging
     with tempfile.TemporaryFile(dir=st) as f:

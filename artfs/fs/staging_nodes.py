@@ -23,6 +23,7 @@ methods run in worker threads, as every node method.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -554,6 +555,7 @@ class StagedFileNode(Node):
         self.ino: int | None = None
         self.links: list[tuple[StagedDir, str]] = []  # the names it was seen under
         self.handles: set[StagedHandle] = set()
+        self._last: Attr | None = None  # for an open base file, once unlinked
 
     @property
     def area(self) -> StagingArea:
@@ -605,9 +607,13 @@ class StagedFileNode(Node):
         a = self.area.stat(path) if path is not None else None
         if a is None:
             f = self._open_file()
-            if f is None:
-                raise fuse_error(errno.ENOENT)
-            return f.stat()
+            if f is not None:
+                return f.stat()
+            if self.handles and self._last is not None:
+                # A base file open for reading: its bytes stay readable.
+                return dataclasses.replace(self._last, nlink=0)
+            raise fuse_error(errno.ENOENT)
+        self._last = a
         if a.ino is not None:
             self.staging_node.note_ino(self, a.ino)  # copied up since last seen
         return a
@@ -636,6 +642,7 @@ class StagedFileNode(Node):
         if path is None:
             raise fuse_error(errno.ENOENT)
         with reasons(f"open {path}"):
+            self._last = self.area.stat(path)
             return StagedHandle(self.area.open(path, flags), self)
 
     def link(self, new_parent_inode: int, new_name: str, ctx: Any) -> pyfuse3.EntryAttributes:
