@@ -81,6 +81,11 @@ def test_control_files_are_reachable_but_not_listed(staging) -> None:
     assert sorted(os.listdir(st)) == ["a.txt", "d"]
     found = sh("find . -mindepth 1 | sort", st).stdout.split()
     assert found == ["./a.txt", "./d", "./d/b.txt"]
+    # dot files of the user's are ordinary files, whatever their names
+    for name in (".hidden", ".artfs-copy-1", "d/.status"):
+        (st / name).write_text(name)
+    assert sorted(os.listdir(st)) == [".artfs-copy-1", ".hidden", "a.txt", "d"]
+    assert sorted(os.listdir(st / "d")) == [".status", "b.txt"]
     assert (st / ".description").read_text() == "about\n"
     # a control name can be neither made nor moved onto
     with pytest.raises(FileExistsError):

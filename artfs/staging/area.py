@@ -10,6 +10,7 @@ Each (project, artifact) has a ``StagingArea`` under the state directory::
         status      what the last commit did or why it failed (read as .status)
         lock        flock held by a commit
         commit/     journal.json and hard links while a commit runs
+        copying/    copies in progress, renamed into files/ when whole
 
 Everything lives on disk, so a restart or a crash loses nothing staged. The
 jobs are split by module: ``overlay`` (the merged view and its changes),
@@ -19,10 +20,12 @@ jobs are split by module: ``overlay`` (the merged view and its changes),
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from artfs import names
@@ -38,6 +41,16 @@ from artfs.staging.overlay import CONTROL_FILES, Overlay
 from artfs.staging.state import StateDb
 
 DEFAULT_TYPE = "dataset"
+STALE_COPY = 3600.0
+
+
+def _remove_stale(copying: Path) -> None:
+    """Copies a killed daemon left (another daemon may be copying right now)."""
+    now = time.time()
+    for p in copying.iterdir():
+        with contextlib.suppress(OSError):
+            if now - p.lstat().st_mtime > STALE_COPY:
+                p.unlink()
 
 
 class StagingArea(Overlay, Handles, Controls, Commits):
@@ -59,6 +72,11 @@ class StagingArea(Overlay, Handles, Controls, Commits):
             (self.control / name).touch(exist_ok=True)
         # Every upper-layer call is relative to this descriptor (see overlay).
         self._fd = os.open(self.files, os.O_RDONLY | os.O_DIRECTORY)
+        # Copies in progress (copy-up, recovery): beside the upper layer, never in it.
+        copying = root / "copying"
+        copying.mkdir(exist_ok=True)
+        self._copy_fd = os.open(copying, os.O_RDONLY | os.O_DIRECTORY)
+        _remove_stale(copying)
         # Namespace changes, writes and commits of this area, one at a time.
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
@@ -77,7 +95,8 @@ class StagingArea(Overlay, Handles, Controls, Commits):
         self.state.close()
         if self._fd >= 0:
             os.close(self._fd)
-            self._fd = -1
+            os.close(self._copy_fd)
+            self._fd = self._copy_fd = -1
 
     @staticmethod
     def _fsync_dir(path: Path) -> None:

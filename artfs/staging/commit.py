@@ -39,7 +39,7 @@ from artfs.objects import StoreError
 from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree, layout
 from artfs.repo.commit import hash_files
 from artfs.staging.errors import StagingError
-from artfs.staging.overlay import ALIASES, CONTROL_FILES, COPY_PREFIX, DESCRIPTION, METADATA, join
+from artfs.staging.overlay import ALIASES, CONTROL_FILES, DESCRIPTION, METADATA, join
 
 if TYPE_CHECKING:
     from artfs.staging.area import StagingArea
@@ -351,10 +351,10 @@ class Commits:
         except FileNotFoundError:
             return
         if st.st_nlink > len(paths):
-            parent = paths[0].rpartition("/")[0]
-            tmp = join(parent, f"{COPY_PREFIX}{uuid.uuid4().hex}")
+            copy = self._copy_fd
+            tmp = uuid.uuid4().hex
             src = os.open(paths[0], os.O_RDONLY, dir_fd=fd)
-            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd)
+            dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=copy)
             with os.fdopen(src, "rb") as s, os.fdopen(dst, "wb") as d:
                 shutil.copyfileobj(s, d, 1 << 20)
                 d.flush()
@@ -362,10 +362,10 @@ class Commits:
                 os.utime(d.fileno(), ns=(mtime_ns, mtime_ns))
                 os.fsync(d.fileno())
             for path in paths:
-                step = join(path.rpartition("/")[0], f"{COPY_PREFIX}{uuid.uuid4().hex}")
-                os.link(tmp, step, src_dir_fd=fd, dst_dir_fd=fd)
-                os.rename(step, path, src_dir_fd=fd, dst_dir_fd=fd)
-            os.unlink(tmp, dir_fd=fd)
+                step = uuid.uuid4().hex
+                os.link(tmp, step, src_dir_fd=copy, dst_dir_fd=copy)
+                os.rename(step, path, src_dir_fd=copy, dst_dir_fd=fd)
+            os.unlink(tmp, dir_fd=copy)
             row = self.state.hashed_row(st.st_ino)
             self.state.set_hashed(st.st_ino)
             if row:

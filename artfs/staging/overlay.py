@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from artfs.manifest import Entry
     from artfs.staging.area import StagingArea
 
-COPY_PREFIX = ".artfs-copy-"
 METADATA, DESCRIPTION, ALIASES, BASE = ".metadata.json", ".description", ".aliases", ".base"
 STATUS, COMMIT = ".status", ".commit"
 CONTROL_FILES = (METADATA, DESCRIPTION, ALIASES, BASE)
@@ -172,11 +171,7 @@ class Overlay:
         fd = os.open(rel(path), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)
         try:
             with os.scandir(fd) as it:
-                return [
-                    (e.name, e.stat(follow_symlinks=False))
-                    for e in it
-                    if not e.name.startswith(COPY_PREFIX)
-                ]
+                return [(e.name, e.stat(follow_symlinks=False)) for e in it]
         finally:
             os.close(fd)
 
@@ -283,18 +278,21 @@ class Overlay:
             os.symlink(e.target or "", path, dir_fd=self._fd)
             os.utime(path, ns=(a.mtime_ns, a.mtime_ns), dir_fd=self._fd, follow_symlinks=False)
         else:
-            tmp = join(parent, f"{COPY_PREFIX}{uuid.uuid4().hex}")
+            # The copy is made aside (copying/, same filesystem) and renamed
+            # into place: a reader never sees half a file, a crash leaves none.
+            tmp = uuid.uuid4().hex
             src = self.repo.cache.source_path(e.digest)  # type: ignore[arg-type]
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=self._fd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                fd = os.open(tmp, flags, 0o600, dir_fd=self._copy_fd)
                 with open(src, "rb") as s, os.fdopen(fd, "wb") as d:
                     shutil.copyfileobj(s, d, 1 << 20)
-                os.chmod(tmp, a.mode, dir_fd=self._fd)
-                os.utime(tmp, ns=(a.mtime_ns, a.mtime_ns), dir_fd=self._fd)
-                os.rename(tmp, path, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                    os.fchmod(d.fileno(), a.mode)
+                    os.utime(d.fileno(), ns=(a.mtime_ns, a.mtime_ns))
+                os.rename(tmp, path, src_dir_fd=self._copy_fd, dst_dir_fd=self._fd)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=self._fd)
+                    os.unlink(tmp, dir_fd=self._copy_fd)
                 raise
         if before is not None:
             # A copy-up is no change of the directory: keep its times.
