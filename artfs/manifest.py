@@ -7,6 +7,12 @@ path order, so the children of a directory come out in name order when
 sorted by id, and an id is a stable readdir offset.
 
 A manifest is written once, stored as a blob, and opened read-only.
+
+Format 2 adds ``mtime`` (nanoseconds) to every entry and keeps the
+permission bits of files and directories (``mode & 0o777``: setuid, setgid
+and sticky bits are never stored). A format-1 manifest still reads: its
+entries have no mtime (``Entry.mtime_ns`` is None, shown as the version's
+commit time) and modes as they were written (0644/0755 files, 0755 dirs).
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import xxhash
 from artfs.digest import is_digest
 from artfs.names import BadName, check_entry_name, check_path, check_path_component
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 ROOT_ID = 1
+# What a version keeps of a mode: permission bits only, never set-id or sticky.
+PERMISSION_BITS = 0o777
 DIR, FILE, SYMLINK = "d", "f", "l"
 
 _SCHEMA = """
@@ -37,7 +46,8 @@ CREATE TABLE entries (
     mode INTEGER NOT NULL,
     size INTEGER NOT NULL,
     digest TEXT,
-    target TEXT
+    target TEXT,
+    mtime INTEGER
 );
 CREATE UNIQUE INDEX entries_by_name ON entries (parent, name);
 """
@@ -56,10 +66,12 @@ _REQUIRED = {
 
 def _entry(row: tuple, where: object) -> Entry:
     """An entry read from a manifest, checked like user input before it becomes a path."""
-    entry_id, parent, name, kind, mode, size, digest, target = row[:8]
+    entry_id, parent, name, kind, mode, size, digest, target, mtime_ns = row[:9]
     bad = None
     if not all(isinstance(x, int) for x in (entry_id, parent, mode, size)):
         bad = "non-integer id, parent, mode or size"
+    elif mtime_ns is not None and not isinstance(mtime_ns, int):
+        bad = f"bad mtime {mtime_ns!r}"
     elif size < 0 or not 0 <= mode <= 0o177777:
         bad = f"bad size {size} or mode {mode}"
     elif kind not in (DIR, FILE, SYMLINK):
@@ -93,6 +105,7 @@ class Entry:
     size: int
     digest: str | None = None
     target: str | None = None
+    mtime_ns: int | None = None  # None: a format-1 entry, shown at its commit time
 
     @property
     def is_dir(self) -> bool:
@@ -115,19 +128,21 @@ def file_mode(executable: bool) -> int:
     return 0o755 if executable else 0o644
 
 
+# path -> (kind, mode, size, digest, target, mtime_ns)
+_Row = tuple[str, int, int, str | None, str | None, int | None]
+
+
 class ManifestBuilder:
     """Collects a tree by path, then writes it as a manifest file."""
 
     def __init__(self) -> None:
-        # path -> (kind, mode, size, digest, target); "" is the root.
-        self._entries: dict[str, tuple[str, int, int, str | None, str | None]] = {
-            "": (DIR, 0o755, 0, None, None)
-        }
+        # "" is the root.
+        self._entries: dict[str, _Row] = {"": (DIR, 0o755, 0, None, None, None)}
 
     def __len__(self) -> int:
         return len(self._entries) - 1
 
-    def _add(self, path: str, row: tuple[str, int, int, str | None, str | None]) -> None:
+    def _add(self, path: str, row: _Row) -> None:
         check_path(path)
         parent, _, _ = path.rpartition("/")
         if parent and parent not in self._entries:
@@ -139,14 +154,30 @@ class ManifestBuilder:
             raise ValueError(f"duplicate path {path!r}")
         self._entries[path] = row
 
-    def add_file(self, path: str, size: int, digest: str, *, executable: bool = False) -> None:
-        self._add(path, (FILE, file_mode(executable), size, digest, None))
+    def add_file(
+        self,
+        path: str,
+        size: int,
+        digest: str,
+        *,
+        executable: bool = False,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """A file; ``mode`` (its permission bits) wins over ``executable``."""
+        bits = file_mode(executable) if mode is None else mode & PERMISSION_BITS
+        self._add(path, (FILE, bits, size, digest, None, mtime_ns))
 
-    def add_dir(self, path: str) -> None:
-        self._add(path, (DIR, 0o755, 0, None, None))
+    def add_dir(self, path: str, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
+        """A directory; ``""`` sets the root's mode and mtime."""
+        bits = 0o755 if mode is None else mode & PERMISSION_BITS
+        if path == "":
+            self._entries[""] = (DIR, bits, 0, None, None, mtime_ns)
+            return
+        self._add(path, (DIR, bits, 0, None, None, mtime_ns))
 
-    def add_symlink(self, path: str, target: str) -> None:
-        self._add(path, (SYMLINK, 0o777, len(target.encode()), None, target))
+    def add_symlink(self, path: str, target: str, *, mtime_ns: int | None = None) -> None:
+        self._add(path, (SYMLINK, 0o777, len(target.encode()), None, target, mtime_ns))
 
     def remove(self, path: str) -> None:
         """Drop an entry and, for a directory, everything below it."""
@@ -159,7 +190,7 @@ class ManifestBuilder:
 
     def files(self) -> Iterator[tuple[str, int, str]]:
         """(path, size, digest) of every file."""
-        for path, (kind, _mode, size, digest, _t) in self._entries.items():
+        for path, (kind, _mode, size, digest, _t, _m) in self._entries.items():
             if kind == FILE:
                 yield path, size, digest  # type: ignore[misc]
 
@@ -167,8 +198,12 @@ class ManifestBuilder:
         """A digest of the tree's content, independent of how SQLite lays it out."""
         h = xxhash.xxh3_128()
         for path in sorted(self._entries):
-            kind, mode, size, digest, target = self._entries[path]
-            h.update(f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}\n".encode())
+            kind, mode, size, digest, target, mtime = self._entries[path]
+            # An entry without an mtime hashes as in format 1.
+            when = "" if mtime is None else f"\0{mtime}"
+            h.update(
+                f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}{when}\n".encode()
+            )
         return f"xxh128:{h.hexdigest()}"
 
     def write(self, dest: Path) -> None:
@@ -178,10 +213,20 @@ class ManifestBuilder:
         file_count = 0
         rows = []
         for path in paths:
-            kind, mode, size, digest, target = self._entries[path]
+            kind, mode, size, digest, target, mtime = self._entries[path]
             parent, _, name = path.rpartition("/")
             rows.append(
-                (ids[path], ids[parent] if path else 0, name, kind, mode, size, digest, target)
+                (
+                    ids[path],
+                    ids[parent] if path else 0,
+                    name,
+                    kind,
+                    mode,
+                    size,
+                    digest,
+                    target,
+                    mtime,
+                )
             )
             if kind == FILE:
                 total_size += size
@@ -191,7 +236,7 @@ class ManifestBuilder:
         try:
             db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
             with db:
-                db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+                db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)", rows)
                 db.executemany(
                     "INSERT INTO info VALUES (?,?)",
                     [
@@ -205,11 +250,21 @@ class ManifestBuilder:
             db.close()
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> ManifestBuilder:
-        """A builder holding an existing version's tree, to edit into the next."""
+    def from_manifest(
+        cls, manifest: Manifest, default_mtime_ns: int | None = None
+    ) -> ManifestBuilder:
+        """A builder holding an existing version's tree, to edit into the next.
+
+        Entries of a format-1 manifest have no mtime: they get
+        ``default_mtime_ns`` (that version's commit time), as they showed.
+        """
         builder = cls()
-        for path, e in manifest.walk():
-            builder._entries[path] = (e.kind, e.mode, e.size, e.digest, e.target)
+        root = manifest.root()
+        entries = [("", root), *manifest.walk()]
+        for path, e in entries:
+            mtime = e.mtime_ns if e.mtime_ns is not None else default_mtime_ns
+            mode = e.mode & PERMISSION_BITS
+            builder._entries[path] = (e.kind, mode, e.size, e.digest, e.target, mtime)
         return builder
 
 
@@ -218,11 +273,12 @@ def scan_tree(root: Path, builder: ManifestBuilder, prefix: str = "") -> list[tu
 
     Returns the regular files as (path in artifact, path on disk), for the
     caller to hash. Symlinks are kept as links and never followed; anything
-    else (sockets, devices) is refused.
+    else (sockets, devices) is refused. Directories keep their permission
+    bits and mtimes (``root`` gives the tree's root, or ``prefix``).
     """
     files: list[tuple[str, Path]] = []
-    if prefix:
-        builder.add_dir(prefix)
+    st = os.stat(root)
+    builder.add_dir(prefix, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
     stack = [(root, prefix)]
     while stack:
         d, rel = stack.pop()
@@ -237,9 +293,11 @@ def scan_tree(root: Path, builder: ManifestBuilder, prefix: str = "") -> list[tu
                         target.encode()
                     except UnicodeEncodeError:
                         raise BadName(f"bad link {path!r}: its target must be UTF-8") from None
-                    builder.add_symlink(path, target)
+                    mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+                    builder.add_symlink(path, target, mtime_ns=mtime)
                 elif entry.is_dir(follow_symlinks=False):
-                    builder.add_dir(path)
+                    st = entry.stat(follow_symlinks=False)
+                    builder.add_dir(path, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
                     stack.append((Path(entry.path), path))
                 elif entry.is_file(follow_symlinks=False):
                     files.append((path, Path(entry.path)))
@@ -262,8 +320,13 @@ class Manifest:
                 if not required <= cols:
                     raise ManifestError(f"bad manifest {where}: no table {table} as expected")
             info = dict(self._db().execute("SELECT key, value FROM info"))
-            if str(info.get("format", "0")) != str(FORMAT):
+            self.format = int(info.get("format", "0"))
+            if self.format not in READABLE_FORMATS:
                 raise ManifestError(f"bad manifest {where}: unknown format {info.get('format')}")
+            if self.format == 1:  # no mtime column
+                self._COLS = "id, parent, name, kind, mode, size, digest, target, NULL"
+            elif "mtime" not in cols:
+                raise ManifestError(f"bad manifest {where}: format 2 without mtimes")
             self.file_count = int(info["file_count"])
             self.total_size = int(info["total_size"])
             self.tree_digest = str(info["tree"])
@@ -281,7 +344,7 @@ class Manifest:
             self._local.db = db
         return db
 
-    _COLS = "id, parent, name, kind, mode, size, digest, target"
+    _COLS = "id, parent, name, kind, mode, size, digest, target, mtime"
 
     def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Rows of a query; a database that fails to read is a bad manifest."""

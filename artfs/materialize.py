@@ -193,10 +193,10 @@ def materialize(
     if dest.exists() and not dest.is_dir():
         raise RepoError(f"cannot get into {dest}: not a directory")
     manifest = repo.manifest(version)
-    dest.mkdir(parents=True, exist_ok=True)
-    files = []
     # Every entry is validated (walk raises on a bad one) before anything is written.
     entries = list(manifest.walk())
+    dest.mkdir(parents=True, exist_ok=True)
+    files = []
     for path, e in entries:
         target = dest / path
         if e.is_dir:

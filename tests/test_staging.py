@@ -112,8 +112,8 @@ def test_sequential_writes_are_hashed_as_written(manager: StagingManager, api: A
     h.release()
     seq = os.lstat(area.files / "seq.bin")
     rnd = os.lstat(area.files / "random.bin")
-    assert area._hashed(seq.st_ino, seq.st_size) is not None
-    assert area._hashed(rnd.st_ino, rnd.st_size) is None
+    assert area.state.hashed(seq.st_ino, seq.st_size) is not None
+    assert area.state.hashed(rnd.st_ino, rnd.st_size) is None
     v = area.commit().version
     files = {p: d for p, _s, d in api.artifact(v.ref).files()}
     from artfs.digest import digest_bytes
@@ -238,6 +238,35 @@ def test_failed_store_write_restores_staging(
     assert (area.files / "a").read_bytes() == b"aaaa"
     assert "failed" in area.status()
     assert area.commit().version.number == 0
+
+
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory
+def test_failed_commit_keeps_hard_links_apart_from_the_store(
+    manager: StagingManager, api: Api, store_url: str
+) -> None:
+    """Names of one staged inode get one inode of their own back, still shared."""
+    area = manager.area("proj", "ds")
+    write(area, "a", b"linked")
+    area.mkdir("d")
+    area.link("a", "d/b")
+    area.link("d/b", "c")
+    assert os.lstat(area.files / "a").st_nlink == 3
+    versions = Path(store_url) / layout.versions_prefix("proj", "ds")
+    api.repo.create_artifact("proj", "ds")
+    versions.parent.mkdir(parents=True, exist_ok=True)
+    versions.write_text("not a directory")  # the record cannot be written
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the store raises
+            area.commit()
+    finally:
+        versions.unlink()
+    stats = [os.lstat(area.files / n) for n in ("a", "d/b", "c")]
+    assert len({st.st_ino for st in stats}) == 1 and stats[0].st_nlink == 3
+    stored = [p for p in (Path(store_url) / "blobs").rglob("xxh128:*") if p.stat().st_size == 6]
+    assert stored and all(p.stat().st_ino != stats[0].st_ino for p in stored)
+    v = area.commit().version
+    files = {p: d for p, _s, d in api.artifact(v.ref).files()}
+    assert sorted(files) == ["a", "c", "d/b"] and len(set(files.values())) == 1
 
 
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)  # reads the store as a directory

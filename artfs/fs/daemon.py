@@ -226,7 +226,8 @@ def _setup_logging(cfg: MountConfig) -> None:
 
 
 def _fuse_options(cfg: MountConfig) -> set[str]:
-    options = set(pyfuse3.default_options) | {"fsname=artfs", "subtype=artfs"}
+    # nosuid, nodev: a version never carries set-id bits or devices; say so to the kernel too.
+    options = set(pyfuse3.default_options) | {"fsname=artfs", "subtype=artfs", "nosuid", "nodev"}
     for opt in cfg.options:
         options.update(o.strip() for o in opt.split(",") if o.strip())
     return options

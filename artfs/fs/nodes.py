@@ -50,7 +50,7 @@ from artfs.digest import digest_bytes, is_digest
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
-from artfs.repo import NotFoundError, Repo, Version
+from artfs.repo import NotFoundError, Repo, Version, layout
 from artfs.repo.records import Artifact
 
 log = logging.getLogger("artfs.fs")
@@ -62,6 +62,9 @@ ENTRY_MASK = (1 << TREE_SHIFT) - 1
 # Version trees never change while a version exists: let the kernel keep them.
 FOREVER = 24 * 3600.0
 BLOCK = 512
+# The st_size of every directory, in versions and in staging alike (that of a
+# small ext4 directory), so du -sb of a version equals that of its source.
+DIR_SIZE = 4096
 XATTR_PREFIX = "user.artfs."
 EMPTY_DIGEST = digest_bytes(b"")
 
@@ -122,7 +125,9 @@ def make_attr(
     *,
     entry_timeout: float,
     attr_timeout: float,
+    mtime_ns: int | None = None,
 ) -> pyfuse3.EntryAttributes:
+    """Attributes of a node; ``mtime_ns``, when given, wins over ``mtime``."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = inode
     a.generation = 0
@@ -137,7 +142,7 @@ def make_attr(
     a.st_size = size
     a.st_blksize = 1 << 20
     a.st_blocks = (size + BLOCK - 1) // BLOCK if stat.S_ISREG(mode) else 0
-    ns = int(mtime * 1e9)
+    ns = int(mtime * 1e9) if mtime_ns is None else mtime_ns
     a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
     return a
 
@@ -569,11 +574,11 @@ class VersionNode(Node):
         self.tree = tree
         self.entry = entry
         if entry.is_dir:
-            self.mode = stat.S_IFDIR | (entry.mode & 0o7777)
+            self.mode = stat.S_IFDIR | (entry.mode & 0o777)
         elif entry.is_symlink:
             self.mode = stat.S_IFLNK | 0o777
         else:
-            self.mode = stat.S_IFREG | (entry.mode & 0o7777)
+            self.mode = stat.S_IFREG | (entry.mode & 0o777)  # never set-id bits
 
     @property
     def is_root(self) -> bool:
@@ -585,15 +590,37 @@ class VersionNode(Node):
     def attr(self) -> pyfuse3.EntryAttributes:
         # The root's name lives in the artifact listing, which changes (a
         # version can be deleted); everything below it never does.
+        entry, settled = self.entry, True
+        if self.is_root:
+            entry, settled = self._root_entry()
+        mode = self.mode
+        if entry.is_dir:
+            mode = stat.S_IFDIR | (entry.mode & 0o777)
         return make_attr(
             self.inode,
-            self.mode,
-            self.entry.size if not self.entry.is_dir else 0,
+            mode,
+            entry.size if not entry.is_dir else DIR_SIZE,
             self.tree.version.created,
             self.ctx,
             entry_timeout=self.ctx.ttl if self.is_root else FOREVER,
-            attr_timeout=FOREVER,
+            attr_timeout=FOREVER if settled else self.ctx.ttl,
+            mtime_ns=entry.mtime_ns,  # None in a format-1 manifest: the commit time
         )
+
+    def _root_entry(self) -> tuple[Entry, bool]:
+        """The manifest's root (its mode and mtime) when at hand without a store
+        request; else the stand-in, which the kernel asks again for soon."""
+        tree = self.tree
+        if tree._manifest is None:
+            cache = self.ctx.repo.cache
+            digest = tree.version.manifest
+            if not cache.has(digest) and cache.store.local_path(layout.blob_key(digest)) is None:
+                return ROOT_ENTRY, False
+        try:
+            return tree.manifest.root(), True
+        except Exception as e:  # a bad manifest costs its version's listing, not the artifact's
+            log.warning("%s: manifest unreadable: %s", self.describe(), e)
+            return ROOT_ENTRY, False
 
     def negative_timeout(self) -> float:
         # A name absent from an immutable tree stays absent.

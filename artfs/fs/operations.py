@@ -156,6 +156,13 @@ class Operations(pyfuse3.Operations):
         s.f_blocks = s.f_bfree = s.f_bavail = 0
         s.f_files = s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
+        staging = getattr(self.table, "staging", None)
+        if staging is not None:
+            # What staging can still take: the state directory's filesystem.
+            v = await self._run("statfs", os.statvfs, staging.root)
+            s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
+            s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
+            s.f_files, s.f_ffree, s.f_favail = v.f_files, v.f_ffree, v.f_favail
         return s
 
     # -- directories ----------------------------------------------------------

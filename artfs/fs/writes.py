@@ -27,7 +27,7 @@ from artfs.fs.nodes import (
     RootNode,
     fuse_error,
 )
-from artfs.fs.staging import StagingNode, reasons
+from artfs.fs.staging_nodes import StagingNode, reasons
 from artfs.repo import Version
 from artfs.repo.records import Artifact
 from artfs.staging import StagingError, StagingManager

@@ -57,7 +57,7 @@ def hash_files(
     files = list(files)
     sources: dict[str, Path] = {}
 
-    def one(item: tuple[str, Path]) -> tuple[str, Path, str, int, bool]:
+    def one(item: tuple[str, Path]) -> tuple[str, Path, str, int, os.stat_result]:
         path, disk = item
         fd = os.open(disk, os.O_RDONLY)
         try:
@@ -65,16 +65,17 @@ def hash_files(
             digest, size = digest_fd(fd, st.st_size)
         finally:
             os.close(fd)
-        return path, disk, digest, size, bool(st.st_mode & 0o100)
+        return path, disk, digest, size, st
 
-    def some(chunk: list[tuple[str, Path]]) -> list[tuple[str, Path, str, int, bool]]:
+    def some(chunk: list[tuple[str, Path]]) -> list[tuple[str, Path, str, int, os.stat_result]]:
         return [one(item) for item in chunk]
 
     chunks = [files[i : i + _HASH_CHUNK] for i in range(0, len(files), _HASH_CHUNK)]
     with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
         for done in pool.map(some, chunks):
-            for path, disk, digest, size, executable in done:
-                builder.add_file(path, size, digest, executable=executable)
+            for path, disk, digest, size, st in done:
+                # The version keeps the file's permission bits and mtime.
+                builder.add_file(path, size, digest, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
                 sources.setdefault(digest, disk)
             if progress:
                 progress(sum(d[3] for d in done))
