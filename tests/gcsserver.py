@@ -67,6 +67,7 @@ class GcsServer:
     pid: int
     data_dir: Path
     service_account: Path
+    front: GcsFront
     bucket: str = BUCKET
 
     @property
@@ -98,6 +99,9 @@ class GcsFront:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.uploads: dict[str, dict] = {}  # multipart upload id -> name, metadata, parts
+        self.authorizations: list[
+            str
+        ] = []  # Authorization headers seen (the emulator ignores them)
         self.lock = threading.Lock()
         front = self
 
@@ -165,6 +169,9 @@ class _FrontHandler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
+        if auth := self.headers.get("Authorization"):
+            with self.server_front.lock:
+                self.server_front.authorizations.append(auth)
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
             out = bytearray()
             while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
@@ -354,7 +361,7 @@ def start_gcs(
             front.close()
         stop_process(proc)
         raise
-    return GcsServer(front.port, port, proc.pid, data_dir, account), proc, front
+    return GcsServer(front.port, port, proc.pid, data_dir, account, front), proc, front
 
 
 def _wait_and_make_bucket(port: int, proc: subprocess.Popen, data_dir: Path, timeout: float):

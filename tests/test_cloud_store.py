@@ -10,7 +10,10 @@ fixture.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
+import json
 import os
 import random
 import re
@@ -136,6 +139,99 @@ def test_options_from_the_artfs_config_file(
         CloudStore(s3_url)
 
 
+def test_gcs_configured_by_the_config_file_or_application_credentials(
+    gcsserver: GcsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = gcsserver.url()
+    monkeypatch.delenv("GOOGLE_SERVICE_ACCOUNT")
+    # The README's [object_store] example: a service account key file.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[object_store]\nservice_account = "{gcsserver.service_account}"\n')
+    monkeypatch.setenv("ARTFS_CONFIG", str(config))
+    CloudStore(url).put("k", b"from the config file", if_absent=True)
+    assert CloudStore(url).get("k") == b"from the config file"
+    # GOOGLE_APPLICATION_CREDENTIALS naming a real (made-up) service-account key:
+    # requests carry a token signed with it; the endpoint from GOOGLE_BASE_URL.
+    monkeypatch.setenv("ARTFS_CONFIG", str(tmp_path / "none.toml"))
+    key = tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-out", str(key)], check=True, timeout=60
+    )
+    email = "artfs@project.iam.gserviceaccount.com"
+    credentials = tmp_path / "application.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "project",
+                "private_key_id": "k1",
+                "private_key": key.read_text(),
+                "client_email": email,
+                "token_uri": "http://127.0.0.1:9/token",
+            }
+        )
+    )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    monkeypatch.setenv("GOOGLE_BASE_URL", gcsserver.endpoint)
+    gcsserver.front.authorizations.clear()
+    store = CloudStore(url)
+    assert store.get("k") == b"from the config file"
+    store.put("k2", b"signed", if_absent=True)
+    token = gcsserver.front.authorizations[-1].removeprefix("Bearer ")
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["iss"] == email
+    # Plain http only to loopback: Google itself, or any other host, needs https.
+    remote = CloudStore("gs://b/p", {"base_url": "http://gcs.example.internal"})
+    assert str(remote._store.client_options["allow_http"]).lower() == "false"
+
+
+def test_azure_configured_by_the_config_file_or_the_emulator_variables(
+    azureserver: AzureServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = azureserver.url()
+    for var in (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ENDPOINT",
+    ):
+        monkeypatch.delenv(var)
+    # The README's [object_store] example: account name and key (and, for
+    # Azurite on another port, its endpoint).
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[object_store]\naccount_name = "{azureserver.account}"\n'
+        f'access_key = "{azureserver.key}"\nendpoint = "{azureserver.endpoint}"\n'
+    )
+    monkeypatch.setenv("ARTFS_CONFIG", str(config))
+    CloudStore(url).put("k", b"from the config file", if_absent=True)
+    assert CloudStore(url).get("k") == b"from the config file"
+    # AZURE_STORAGE_USE_EMULATOR: Azurite's account and key, at AZURITE_BLOB_STORAGE_URL.
+    monkeypatch.setenv("ARTFS_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{azureserver.port}")
+    store = CloudStore(url)
+    assert store.get("k") == b"from the config file"
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"again", if_absent=True)
+    # A wrong key is refused by the service, in one line.
+    monkeypatch.delenv("AZURE_STORAGE_USE_EMULATOR")
+    wrong = base64.b64encode(b"not the key").decode()
+    bad = CloudStore(
+        url,
+        {
+            "account_name": azureserver.account,
+            "access_key": wrong,
+            "endpoint": azureserver.endpoint,
+        },
+    )
+    with pytest.raises(StoreError, match="access denied"):
+        bad.get("k")
+    remote = CloudStore(
+        "az://c/p", {"account_name": "a", "access_key": wrong, "endpoint": "http://az.example"}
+    )
+    assert str(remote._store.client_options["allow_http"]).lower() == "false"
+
+
 def test_credentials_from_an_aws_profile(
     s3server: S3Server, s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,35 +255,6 @@ def test_credentials_from_an_aws_profile(
         CloudStore(s3_url, {"profile": "wrong"}).get("k")
     with pytest.raises(StoreError, match="profile 'absent' not found"):
         CloudStore(s3_url, {"profile": "absent"})
-
-
-def test_large_files_upload_in_parallel_parts(
-    s3server: S3Server, s3_url: str, tmp_path: Path
-) -> None:
-    data = random.Random(9).randbytes(23 * MiB)
-    src = tmp_path / "big.bin"
-    src.write_bytes(data)
-    with FaultProxy(s3server.port) as proxy:
-        store = CloudStore(
-            s3_url,
-            {
-                "endpoint": proxy.url,
-                "multipart_threshold": 8 * MiB,
-                "part_size": 5 * MiB,
-                "max_concurrency": 4,
-            },
-        )
-        store.put_file("blobs/aa/big", src, if_absent=True)
-        parts = [p for m, p, _ in proxy.requests if m == "PUT" and "partNumber=" in p]
-        assert len(parts) == 5  # 23 MiB in 5 MiB parts
-        assert proxy.max_inflight > 1  # parts went up side by side
-        with pytest.raises(PreconditionFailed):
-            store.put_file("blobs/aa/big", src, if_absent=True)
-    assert CloudStore(s3_url).get("blobs/aa/big") == data
-    out = tmp_path / "back.bin"
-    with open(out, "wb") as f:
-        assert CloudStore(s3_url).download("blobs/aa/big", f) == len(data)
-    assert out.read_bytes() == data
 
 
 # -- every service: S3 (SeaweedFS), GCS (fake-gcs-server), Azure (Azurite) ------
@@ -421,3 +488,38 @@ def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
         seen |= owners
     assert seen == {f"w{i}-r{r}" for i in (1, 2) for r in range(rounds)}
     assert api.artifact("proj/ds:latest").version.number == rounds * len(machines)
+
+
+def _parts(proxy: FaultProxy) -> list[str]:
+    """Part uploads seen: S3 and GCS number parts, Azure puts blocks."""
+    return [
+        p for m, p, _ in proxy.requests if m == "PUT" and ("partNumber=" in p or "comp=block&" in p)
+    ]
+
+
+def test_large_files_upload_in_parallel_parts_on_every_service(
+    service: Service, tmp_path: Path
+) -> None:
+    url = service.new_url()
+    data = random.Random(9).randbytes(23 * MiB)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    with service.proxy() as proxy:
+        options = {"multipart_threshold": 8 * MiB, "part_size": 5 * MiB, "max_concurrency": 4}
+        store = CloudStore(url, {**service.options_via(proxy.url), **options})
+        store.put_file("blobs/aa/big", src, if_absent=True)
+        assert len(_parts(proxy)) == 5  # 23 MiB in 5 MiB parts
+        assert proxy.max_inflight > 1  # parts went up side by side
+        with pytest.raises(PreconditionFailed):
+            store.put_file("blobs/aa/big", src, if_absent=True)
+        # A file that would need more parts than the service allows gets bigger parts.
+        store.service = dataclasses.replace(store.service, max_parts=2)
+        proxy.clear()
+        store.put_file("blobs/aa/big2", src)
+        assert len(_parts(proxy)) == 2  # 12 MiB parts
+    for key in ("blobs/aa/big", "blobs/aa/big2"):
+        assert CloudStore(url).get(key) == data
+    out = tmp_path / "back.bin"
+    with open(out, "wb") as f:
+        assert CloudStore(url).download("blobs/aa/big", f) == len(data)
+    assert out.read_bytes() == data
