@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,11 @@ from typing import Any
 import pytest
 
 from artfs.api import Api
+from artfs.cache import PART_SIZE, BlobCache, LazyBlobReader
+from artfs.digest import digest_bytes
 from artfs.objects import PreconditionFailed, StoreError, open_store
 from artfs.objects.cloud import CloudStore
+from artfs.repo import layout
 from tests.azureserver import AzureServer
 from tests.azureserver import resign as azure_resign
 from tests.faultproxy import FaultProxy, Faults
@@ -523,3 +527,37 @@ def test_large_files_upload_in_parallel_parts_on_every_service(
     with open(out, "wb") as f:
         assert CloudStore(url).download("blobs/aa/big", f) == len(data)
     assert out.read_bytes() == data
+
+
+def test_lazy_reads_fetch_only_the_parts_read_on_every_service(
+    service: Service, tmp_path: Path
+) -> None:
+    url = service.new_url()
+    data = random.Random(5).randbytes(4 * PART_SIZE + 7)
+    digest = digest_bytes(data)
+    CloudStore(url).put(layout.blob_key(digest), data)
+    hexpart = digest.partition(":")[2]
+    with service.proxy() as proxy:
+        store = CloudStore(url, service.options_via(proxy.url))
+        cache = BlobCache(tmp_path / "cache", store, layout.blob_key)
+        proxy.clear()
+        reader = cache.open_reader(digest, len(data))
+        assert isinstance(reader, LazyBlobReader)
+        offset = 2 * PART_SIZE + 12345
+        assert reader.read(offset, 1000) == data[offset : offset + 1000]
+        # One ranged GET, of the one part the read touched.
+        gets = [r for m, p, r in proxy.requests if m == "GET" and hexpart in p]
+        assert gets == [f"bytes={2 * PART_SIZE}-{3 * PART_SIZE - 1}"]
+        # Reading on fetches the rest once each; the whole is verified into the cache.
+        got = bytearray()
+        while chunk := reader.read(len(got), 1 << 20):
+            got += chunk
+        assert bytes(got) == data
+        reader.close()
+        deadline = time.monotonic() + 60
+        while not cache.has(digest):
+            assert time.monotonic() < deadline, "never verified into the cache"
+            time.sleep(0.02)
+        gets = [r for m, p, r in proxy.requests if m == "GET" and hexpart in p]
+        assert len(gets) == len(set(gets)) == 5 and all(gets)
+    assert cache.path(digest).read_bytes() == data
