@@ -316,6 +316,9 @@ def service(request: pytest.FixtureRequest) -> Service:
     )
 
 
+# For what test_faults.py already proves on S3: the two other services.
+NEW_SERVICES = pytest.mark.parametrize("service", ["gs", "az"], indirect=True)
+
 CONDITION_HEADER = {"s3": "If-None-Match: *", "gs": "x-goog-if-generation-match: 0"}
 CONDITION_HEADER["az"] = CONDITION_HEADER["s3"]
 
@@ -370,7 +373,8 @@ def test_every_service_passes_the_probe_and_keeps_its_guarantees(service: Servic
     assert [o.key for o in store.list("").objects] == ["a.json"]
 
 
-def test_a_write_whose_reply_was_lost_is_no_conflict_on_any_service(service: Service) -> None:
+@NEW_SERVICES
+def test_a_write_whose_reply_was_lost_is_no_conflict_on_gcs_and_azure(service: Service) -> None:
     url = service.new_url()
     faults = Faults(lost_reply=1.0, limit=1, only_methods=frozenset({"PUT"}))
     with service.proxy(faults) as proxy:
@@ -392,7 +396,8 @@ def test_a_write_whose_reply_was_lost_is_no_conflict_on_any_service(service: Ser
     assert CloudStore(url).head("versions/0.json").etag == tag2
 
 
-def test_reads_through_faults_are_right_or_fail_on_every_service(
+@NEW_SERVICES
+def test_reads_through_faults_are_right_or_fail_on_gcs_and_azure(
     service: Service, tmp_path: Path
 ) -> None:
     url = service.new_url()
@@ -561,3 +566,32 @@ def test_lazy_reads_fetch_only_the_parts_read_on_every_service(
         gets = [r for m, p, r in proxy.requests if m == "GET" and hexpart in p]
         assert len(gets) == len(set(gets)) == 5 and all(gets)
     assert cache.path(digest).read_bytes() == data
+
+
+@NEW_SERVICES
+def test_gcs_or_azure_staying_down_or_hanging_fails_in_bounded_time(service: Service) -> None:
+    url = service.new_url()
+    CloudStore(url).put("k", b"v")
+    with service.proxy() as proxy:
+        store = CloudStore(url, {**service.options_via(proxy.url), "timeout": 3})
+        assert store.get("k") == b"v"
+        proxy.set(down=True)
+        for what in (
+            lambda: store.get("k"),
+            lambda: store.list(""),
+            lambda: store.put("k2", b"v", if_absent=True),
+        ):
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="failed after"):
+                what()
+            assert time.monotonic() - start < 12
+        proxy.set(down=False)
+        assert store.get("k") == b"v"  # up again: the same store carries on
+        proxy.set(delay=1.0, delay_seconds=30)  # accepts, never answers in time
+        hung = CloudStore(
+            url, {**service.options_via(proxy.url), "timeout": 2, "request_timeout": 1}
+        )
+        start = time.monotonic()
+        with pytest.raises(StoreError):
+            hung.get("k")
+        assert time.monotonic() - start < 12
