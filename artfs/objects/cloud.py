@@ -597,8 +597,9 @@ class CloudStore(ObjectStore):
         return self._info(meta)
 
     def _info(self, meta: Any) -> ObjectInfo:
-        # A listing carries no generation on GCS: its entries have the etag,
-        # which is fine, as compare-and-swap tags come from head().
+        # A GCS listing carries no generation, so its entries have the etag: a
+        # compare-and-swap given one fails its precondition, never overwrites.
+        # Tags for compare-and-swap come from put() and head().
         return ObjectInfo(
             meta["path"], int(meta["size"]), self._tag(meta), meta["last_modified"].timestamp()
         )
