@@ -172,6 +172,7 @@ def _xml_error(code: str, message: str) -> bytes:
 
 class _FrontHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
     server_front: GcsFront
 
     def log_message(self, *args) -> None:
