@@ -23,8 +23,9 @@ from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 # and Azure (Azurite) too: the store interface, registry rules, concurrency,
 # gc and the mounts, a choice that keeps the suite's time in bounds (the
 # probe, fault, lazy-read and two-daemon tests of every service are in
-# test_cloud_store.py). ARTFS_TEST_STORES names the kinds every such test runs on instead
-# (e.g. "local" for a quick loop, "gs,az" for the new services everywhere).
+# test_cloud_store.py). ARTFS_TEST_STORES names the kinds every such test
+# runs on instead (e.g. "local" for a quick loop, "gs,az" for the new
+# services everywhere).
 # A test about the local directory itself (paths, inodes) pins its kind with
 # @pytest.mark.parametrize("store_url", ["local"], indirect=True).
 STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local,s3").split(",")
