@@ -1,26 +1,32 @@
-"""artfs on S3 (SeaweedFS on loopback) against raw obstore transfers of the same bytes.
+"""artfs on S3, GCS and Azure (emulators on loopback) against raw obstore transfers
+of the same bytes on the same service.
 
     python -m bench.bench_s3                          # 1 GiB in 5,000 files; 2 GiB; 4 GiB TTFB
     python -m bench.bench_s3 --files 500 --small-total 64M --big 256M --ttfb-big 1G   # quick
+    python -m bench.bench_s3 --services gs,az         # some services only
 
-Starts its own ``weed mini`` on free loopback ports (stopped by PID at the
-end), then, each measured in the same run against a raw baseline:
+Starts each service's server on free loopback ports (S3: SeaweedFS ``weed
+mini``; GCS: fake-gcs-server behind the tests' XML-API front; Azure: Azurite),
+stopped by PID at the end, then, each measured in the same run against a raw
+baseline on the same server:
 
 1. put and get of many small files (``--files`` files, ``--small-total``
    bytes): ``Api.put`` (hash, upload missing blobs 8 at a time, manifest,
    version record) against raw ``obstore.put`` of the same files, 8 threads;
    ``download`` with a cold cache against raw ``obstore.get`` into files.
-2. put and get of one big file (``--big``): ``Api.put`` (hash + multipart
-   upload) against raw multipart ``obstore.put`` of the file; ``download``
-   (parallel ranged parts into the cache, verified, then linked) against a
-   raw single-stream ``obstore.get`` into a file.
+2. put and get of one big file (``--big``; on the emulators at most
+   ``--emulator-big``, as they hold objects in memory): ``Api.put`` (hash +
+   multipart upload) against raw multipart ``obstore.put`` of the file;
+   ``download`` (parallel ranged parts into the cache, verified, then linked)
+   against a raw single-stream ``obstore.get`` into a file.
 3. cold sequential read of the big file through the mount (lazy ranged reads
    with readahead) against a raw parallel ranged download of the same object
    (8 MiB ranges, 8 at a time) into memory.
-4. time to first byte of a 40 MiB and a ``--ttfb-big`` file (zeros) through
-   the mount, cold cache, against a raw 4 KiB ranged GET.
+4. (S3 only) time to first byte of a 40 MiB and a ``--ttfb-big`` file
+   (zeros) through the mount, cold cache, against a raw 4 KiB ranged GET.
 
-Ratios are artfs time / raw time (>1 is slower). Prints figures, asserts nothing.
+Ratios are artfs time / raw time (>1 is slower); a table per service closes
+the run. Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
@@ -29,14 +35,18 @@ import concurrent.futures as cf
 import os
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import obstore
-from obstore.store import S3Store
 
 from artfs.api import Api
 from artfs.repo import layout
 from bench.common import base_parser, drop_caches, human, make_tree, parse_size, report, workdir
+from tests.azureserver import start_azurite
+from tests.gcsserver import start_gcs, stop_process
 from tests.mounting import mounted
 from tests.s3server import start_seaweedfs, stop_seaweedfs, store_ttfb_version
 
@@ -54,7 +64,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def ranged_download(store: S3Store, key: str, size: int) -> None:
+def ranged_download(store: Any, key: str, size: int) -> None:
     """The raw baseline for a lazy read: 8 MiB ranges, 8 at a time, into memory."""
 
     def one(off: int) -> int:
@@ -84,30 +94,84 @@ def first_byte(path: Path, offset: int) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Target:
+    """One service under test: its server (``url(prefix)``, ``raw(prefix)``)."""
+
+    name: str
+    server: Any
+    env: dict[str, str]
+    stop: Callable[[], None]
+    big: int  # the big file's size on this service
+
+
+def start(service: str, base: Path, args) -> Target:
+    if service == "s3":
+        server, proc = start_seaweedfs(base / "seaweedfs", volume_size_mb=256, max_volumes=200)
+        return Target("S3", server, server.env(), lambda: stop_seaweedfs(proc), args.big)
+    big = min(args.big, args.emulator_big)
+    if service == "gs":
+        server, proc, front = start_gcs(base / "fake-gcs")
+
+        def stop_gcs() -> None:
+            front.close()
+            stop_process(proc)
+
+        return Target("GCS", server, server.env(), stop_gcs, big)
+    if service == "az":
+        server, proc = start_azurite(base / "azurite", in_memory=False)
+        return Target("Azure", server, server.env(), lambda: stop_process(proc), big)
+    raise SystemExit(f"unknown service {service!r} (s3, gs or az)")
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=5000)
     p.add_argument("--small-total", type=parse_size, default=parse_size("1G"))
     p.add_argument("--big", type=parse_size, default=parse_size("2G"))
+    p.add_argument("--emulator-big", type=parse_size, default=parse_size("512M"))
     p.add_argument("--ttfb-big", type=parse_size, default=parse_size("4G"))
+    p.add_argument("--services", default="s3,gs,az")
     args = p.parse_args()
     cold = not args.warm
 
+    tables: dict[str, dict[str, tuple[float, float]]] = {}
     with workdir(args.dir, args.keep) as base:
-        server, proc = start_seaweedfs(base / "seaweedfs", volume_size_mb=256, max_volumes=200)
-        try:
-            os.environ.update(server.env())
-            os.environ["ARTFS_CONFIG"] = str(base / "none.toml")
-            run(args, base, server, cold)
-        finally:
-            stop_seaweedfs(proc)
+        os.environ["ARTFS_CONFIG"] = str(base / "none.toml")
+        for service in args.services.split(","):
+            where = base / service
+            where.mkdir()
+            target = start(service, where, args)
+            saved = dict(os.environ)
+            try:
+                os.environ.update(target.env)
+                print(f"\n=== {target.name} ===")
+                tables[target.name] = run(args, where, target, cold)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+                target.stop()
+    print_table(tables)
 
 
-def run(args, base: Path, server, cold: bool) -> None:
+def print_table(tables: dict[str, dict[str, tuple[float, float]]]) -> None:
+    """One row per service: artfs seconds / raw seconds = ratio, for each measurement."""
+    columns = list(next(iter(tables.values()), {}))
+    print("\nartfs s / raw obstore s (ratio) per service")
+    print(f"{'service':<8}" + "".join(f"{c:>26}" for c in columns))
+    for name, row in tables.items():
+        cells = [f"{a:.2f}/{r:.2f} ({a / r:.2f}x)" if r else "-" for a, r in row.values()]
+        print(f"{name:<8}" + "".join(f"{c:>26}" for c in cells))
+
+
+def run(args, base: Path, target: Target, cold: bool) -> dict[str, tuple[float, float]]:
+    """Sections 1-4 on one service; returns {measurement: (artfs s, raw s)}."""
+    server = target.server
     url = server.url("bench")
     raw = server.raw("raw")
     size = args.small_total // args.files
-    print(f"SeaweedFS on 127.0.0.1:{server.port}; page cache dropped: {drop_caches(cold)}")
+    table: dict[str, tuple[float, float]] = {}
+    print(f"{target.name} on 127.0.0.1:{server.port}; page cache dropped: {drop_caches(cold)}")
 
     # 1. many small files ------------------------------------------------------
     small = base / "small"
@@ -136,6 +200,7 @@ def run(args, base: Path, server, cold: bool) -> None:
     api = Api(store=url, cache=str(base / "cache-put"))
     drop_caches(cold)
     t = timed(lambda: api.put([small], "bench/small"))
+    table["put small files"] = (t, t_raw)
     report(
         "artfs put (hash + upload + commit)",
         t,
@@ -149,6 +214,7 @@ def run(args, base: Path, server, cold: bool) -> None:
     getter = Api(store=url, cache=str(base / "cache-get-small"))
     drop_caches(cold)
     t = timed(lambda: getter.artifact("bench/small:v0").download(base / "got-small"))
+    table["get small files"] = (t, t_raw)
     report(
         "artfs get, cold cache (fetch + verify + place)",
         t,
@@ -161,22 +227,24 @@ def run(args, base: Path, server, cold: bool) -> None:
     big_dir = base / "big"
     big_dir.mkdir()
     big = big_dir / "big.bin"
+    big_size = target.big
     with open(big, "wb") as f:
-        for _ in range(args.big // (64 << 20)):
+        for _ in range(big_size // (64 << 20)):
             f.write(os.urandom(64 << 20))
-        f.write(os.urandom(args.big % (64 << 20)))
-    print(f"\none file of {human(args.big)}")
+        f.write(os.urandom(big_size % (64 << 20)))
+    print(f"\none file of {human(big_size)}")
     drop_caches(cold)
     t_raw = timed(
         lambda: obstore.put(raw, "big.bin", big, chunk_size=16 << 20, max_concurrency=THREADS)
     )
-    report("raw obstore multipart put", t_raw, nbytes=args.big)
+    report("raw obstore multipart put", t_raw, nbytes=big_size)
     drop_caches(cold)
     t = timed(lambda: api.put([big_dir], "bench/big"))
+    table["put big file"] = (t, t_raw)
     report(
         "artfs put (hash + multipart upload)",
         t,
-        nbytes=args.big,
+        nbytes=big_size,
         baseline=t_raw,
         baseline_label="raw put",
     )
@@ -188,14 +256,15 @@ def run(args, base: Path, server, cold: bool) -> None:
 
     drop_caches(cold)
     t_raw = timed(raw_get_big)
-    report("raw obstore get, one stream", t_raw, nbytes=args.big)
+    report("raw obstore get, one stream", t_raw, nbytes=big_size)
     getter = Api(store=url, cache=str(base / "cache-get-big"))
     drop_caches(cold)
     t = timed(lambda: getter.artifact("bench/big:v0").download(base / "got-big"))
+    table["get big file"] = (t, t_raw)
     report(
         "artfs get, cold cache (ranged parts, verify)",
         t,
-        nbytes=args.big,
+        nbytes=big_size,
         baseline=t_raw,
         baseline_label="raw get",
     )
@@ -203,10 +272,10 @@ def run(args, base: Path, server, cold: bool) -> None:
     # 3. cold sequential read through the mount ------------------------------------
     digest = api.artifact("bench/big:v0").files()[0][2]
     blob = server.raw("bench")
-    print(f"\ncold sequential read of {human(args.big)} through the mount")
+    print(f"\ncold sequential read of {human(big_size)} through the mount")
     drop_caches(cold)
-    t_raw = timed(lambda: ranged_download(blob, layout.blob_key(digest), args.big))
-    report("raw ranged download (8 MiB x 8 parallel)", t_raw, nbytes=args.big)
+    t_raw = timed(lambda: ranged_download(blob, layout.blob_key(digest), big_size))
+    report("raw ranged download (8 MiB x 8 parallel)", t_raw, nbytes=big_size)
     with mounted(
         base / "mnt-read",
         store_url=url,
@@ -218,16 +287,19 @@ def run(args, base: Path, server, cold: bool) -> None:
         path.stat()
         drop_caches(cold)
         t = timed(lambda: read_file(path))
+        table["cold read, mount"] = (t, t_raw)
         report(
             "mount, cold cache, 1 MiB reads",
             t,
-            nbytes=args.big,
+            nbytes=big_size,
             baseline=t_raw,
             baseline_label="raw ranged",
         )
 
     # 4. time to first byte --------------------------------------------------------
-    ttfb_big(args, base, server)
+    if target.name == "S3":  # the 4 GiB object is streamed in with S3's unsigned payload
+        ttfb_big(args, base, server)
+    return table
 
 
 def ttfb_big(args, base: Path, server) -> None:

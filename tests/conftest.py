@@ -14,27 +14,74 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
+from tests.azureserver import az_url, azureserver  # noqa: F401 - fixtures
+from tests.gcsserver import gcs_url, gcsserver  # noqa: F401 - fixtures
 from tests.mounting import artfs_cli
 from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
-# on loopback). ARTFS_TEST_STORES=local runs only one kind (e.g. a quick loop).
+# on loopback); the tests chosen in CLOUD_TESTS run on GCS (fake-gcs-server)
+# and Azure (Azurite) too: the store interface, registry rules, concurrency,
+# gc and the mounts, a choice that keeps the suite's time in bounds (the
+# probe, fault, lazy-read and two-daemon tests of every service are in
+# test_cloud_store.py). ARTFS_TEST_STORES names the kinds every such test
+# runs on instead (e.g. "local" for a quick loop, "gs,az" for the new
+# services everywhere).
 # A test about the local directory itself (paths, inodes) pins its kind with
 # @pytest.mark.parametrize("store_url", ["local"], indirect=True).
 STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local,s3").split(",")
+MORE_KINDS = [] if os.environ.get("ARTFS_TEST_STORES") else ["gs", "az"]
+# Module -> the tests in it that also run on gs and az (None: all of them).
+CLOUD_TESTS: dict[str, set[str] | None] = {
+    "test_local_store": None,  # the store interface: create-only, compare-and-swap, listing
+    "test_repo": None,  # registry rules, concurrent commits and alias moves
+    "test_gc": None,  # the gc protocol
+    "test_aliases_mount": None,  # alias links through the mount
+    "test_staging_mount": {  # commits through the mount (the rest is local staging)
+        "test_tools_write_and_touch_commits",
+        "test_base_commit_stores_only_new_content",
+        "test_two_daemons_commit_one_artifact_at_once",
+        "test_mv_of_a_base_directory",
+        "test_bad_metadata_fails_the_touch_and_keeps_staging",
+    },
+    "test_mount_read": {  # reads through the mount
+        "test_tools_read_a_version_like_its_source",
+        "test_latest_follows_a_put_from_another_process",
+        "test_concurrent_readers_of_an_uncached_blob_make_one_fetch",
+        "test_numpy_memmap_and_read_ahead",
+        "test_missing_blob_gives_eio",
+        "test_a_corrupt_blob_gives_eio_for_that_file_only",
+    },
+}
+_STORE_FIXTURES = {"local": None, "s3": "s3_url", "gs": "gcs_url", "az": "az_url"}
 
 
-@pytest.fixture(params=STORE_KINDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "store_url" in (names.split(",") if isinstance(names, str) else names):
+            return  # the test pinned its kinds
+    kinds = list(STORE_KINDS)
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in CLOUD_TESTS:
+        chosen = CLOUD_TESTS[module]
+        if chosen is None or metafunc.function.__name__ in chosen:
+            kinds += [k for k in MORE_KINDS if k not in kinds]
+    metafunc.parametrize("store_url", kinds, indirect=True)
+
+
+@pytest.fixture
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh store; after a test that passed, ``artfs check`` must find it consistent
     (as s3ql runs fsck after its tests). A test that leaves a store broken on purpose
     says so with ``@pytest.mark.store_left_inconsistent``."""
-    if request.param == "local":
-        url = str(tmp_path / "store")
-    elif request.param == "s3":
-        url = request.getfixturevalue("s3_url")
-    else:
-        raise AssertionError(f"unknown store kind {request.param}")
+    kind = request.param
+    if kind not in _STORE_FIXTURES:
+        raise AssertionError(f"unknown store kind {kind}")
+    fixture = _STORE_FIXTURES[kind]
+    url = str(tmp_path / "store") if fixture is None else request.getfixturevalue(fixture)
     yield url
     call = getattr(request.node, "rep_call", None)
     if call is None or not call.passed:

@@ -24,10 +24,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _HOP_HEADERS = {b"expect"}
-_CONDITIONAL_HEADERS = {b"if-none-match", b"if-match"}
+# S3 and Azure: If-None-Match / If-Match; GCS: its generation precondition.
+_CONDITIONAL_HEADERS = {b"if-none-match", b"if-match", b"x-goog-if-generation-match"}
 
 
 @dataclass
@@ -173,9 +175,12 @@ class FaultProxy:
         faults: Faults | None = None,
         seed: int = 0,
         secret_key: str | None = None,
+        resign: Callable[[bytes, list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]
+        | None = None,
     ) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self._secret_key = secret_key  # to sign requests again after stripping headers
+        self._resign = resign  # the same for other signatures (Azure's SharedKey)
         self.faults = faults or Faults()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -334,6 +339,8 @@ class FaultProxy:
         headers = [(k, v) for k, v in headers if k.lower() not in drop]
         if stripped and self._secret_key is not None:
             headers = _resign(first, headers, self._secret_key)
+        elif stripped and self._resign is not None:
+            headers = self._resign(first, headers)
         if not upstream:
             upstream.append(socket.create_connection(self.upstream))
         upstream[0].sendall(_build_head(first, headers) + body)

@@ -1,5 +1,7 @@
-"""CloudStore on a real S3 server (SeaweedFS on 127.0.0.1): the conditional-write
-probe, configuration by the usual conventions, multipart uploads.
+"""CloudStore on real servers: S3 (SeaweedFS), GCS (fake-gcs-server) and Azure
+(Azurite) on 127.0.0.1: the conditional-write probe on each service, faults
+and two daemons committing at once on each, configuration by the usual
+conventions, multipart uploads.
 
 The store interface itself (puts, create-only, compare-and-swap, listing) is
 tested for every backend in test_local_store.py through the ``store_url``
@@ -8,18 +10,37 @@ fixture.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
+import json
 import os
 import random
+import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from artfs.api import Api
+from artfs.cache import PART_SIZE, BlobCache, LazyBlobReader
+from artfs.digest import digest_bytes
 from artfs.objects import PreconditionFailed, StoreError, open_store
 from artfs.objects.cloud import CloudStore
+from artfs.repo import layout
+from tests.azureserver import AzureServer
+from tests.azureserver import resign as azure_resign
 from tests.faultproxy import FaultProxy, Faults
+from tests.gcsserver import GcsServer
+from tests.mounting import mounted
 from tests.s3server import S3Server
+from tests.trees import make_tree
 
 MiB = 1 << 20
 
@@ -122,6 +143,99 @@ def test_options_from_the_artfs_config_file(
         CloudStore(s3_url)
 
 
+def test_gcs_configured_by_the_config_file_or_application_credentials(
+    gcsserver: GcsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = gcsserver.url()
+    monkeypatch.delenv("GOOGLE_SERVICE_ACCOUNT")
+    # The README's [object_store] example: a service account key file.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[object_store]\nservice_account = "{gcsserver.service_account}"\n')
+    monkeypatch.setenv("ARTFS_CONFIG", str(config))
+    CloudStore(url).put("k", b"from the config file", if_absent=True)
+    assert CloudStore(url).get("k") == b"from the config file"
+    # GOOGLE_APPLICATION_CREDENTIALS naming a real (made-up) service-account key:
+    # requests carry a token signed with it; the endpoint from GOOGLE_BASE_URL.
+    monkeypatch.setenv("ARTFS_CONFIG", str(tmp_path / "none.toml"))
+    key = tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-out", str(key)], check=True, timeout=60
+    )
+    email = "artfs@project.iam.gserviceaccount.com"
+    credentials = tmp_path / "application.json"
+    credentials.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "project",
+                "private_key_id": "k1",
+                "private_key": key.read_text(),
+                "client_email": email,
+                "token_uri": "http://127.0.0.1:9/token",
+            }
+        )
+    )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    monkeypatch.setenv("GOOGLE_BASE_URL", gcsserver.endpoint)
+    gcsserver.front.authorizations.clear()
+    store = CloudStore(url)
+    assert store.get("k") == b"from the config file"
+    store.put("k2", b"signed", if_absent=True)
+    token = gcsserver.front.authorizations[-1].removeprefix("Bearer ")
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["iss"] == email
+    # Plain http only to loopback: Google itself, or any other host, needs https.
+    remote = CloudStore("gs://b/p", {"base_url": "http://gcs.example.internal"})
+    assert str(remote._store.client_options["allow_http"]).lower() == "false"
+
+
+def test_azure_configured_by_the_config_file_or_the_emulator_variables(
+    azureserver: AzureServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = azureserver.url()
+    for var in (
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_ENDPOINT",
+    ):
+        monkeypatch.delenv(var)
+    # The README's [object_store] example: account name and key (and, for
+    # Azurite on another port, its endpoint).
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[object_store]\naccount_name = "{azureserver.account}"\n'
+        f'access_key = "{azureserver.key}"\nendpoint = "{azureserver.endpoint}"\n'
+    )
+    monkeypatch.setenv("ARTFS_CONFIG", str(config))
+    CloudStore(url).put("k", b"from the config file", if_absent=True)
+    assert CloudStore(url).get("k") == b"from the config file"
+    # AZURE_STORAGE_USE_EMULATOR: Azurite's account and key, at AZURITE_BLOB_STORAGE_URL.
+    monkeypatch.setenv("ARTFS_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", f"http://127.0.0.1:{azureserver.port}")
+    store = CloudStore(url)
+    assert store.get("k") == b"from the config file"
+    with pytest.raises(PreconditionFailed):
+        store.put("k", b"again", if_absent=True)
+    # A wrong key is refused by the service, in one line.
+    monkeypatch.delenv("AZURE_STORAGE_USE_EMULATOR")
+    wrong = base64.b64encode(b"not the key").decode()
+    bad = CloudStore(
+        url,
+        {
+            "account_name": azureserver.account,
+            "access_key": wrong,
+            "endpoint": azureserver.endpoint,
+        },
+    )
+    with pytest.raises(StoreError, match="access denied"):
+        bad.get("k")
+    remote = CloudStore(
+        "az://c/p", {"account_name": "a", "access_key": wrong, "endpoint": "http://az.example"}
+    )
+    assert str(remote._store.client_options["allow_http"]).lower() == "false"
+
+
 def test_credentials_from_an_aws_profile(
     s3server: S3Server, s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -147,30 +261,337 @@ def test_credentials_from_an_aws_profile(
         CloudStore(s3_url, {"profile": "absent"})
 
 
-def test_large_files_upload_in_parallel_parts(
-    s3server: S3Server, s3_url: str, tmp_path: Path
+# -- every service: S3 (SeaweedFS), GCS (fake-gcs-server), Azure (Azurite) ------
+
+
+@dataclass
+class Service:
+    """One emulated service, and how to send a store's requests through a proxy."""
+
+    kind: str
+    name: str  # as the probe's message names it
+    port: int  # what a FaultProxy forwards to
+    new_url: Callable[[], str]
+    options_via: Callable[[str], dict[str, str]]  # CloudStore options through a proxy URL
+    env_via: Callable[[str], dict[str, str]]  # the same, as environment for subprocesses
+    proxy_args: dict[str, Any]  # FaultProxy keywords (how to sign again)
+
+    def proxy(self, faults: Faults | None = None, seed: int = 0) -> FaultProxy:
+        return FaultProxy(self.port, faults, seed=seed, **self.proxy_args)
+
+
+@pytest.fixture(params=["s3", "gs", "az"])
+def service(request: pytest.FixtureRequest) -> Service:
+    if request.param == "s3":
+        s3: S3Server = request.getfixturevalue("s3server")
+        return Service(
+            "s3",
+            "S3",
+            s3.port,
+            s3.url,
+            lambda u: {"endpoint": u},
+            lambda u: {"AWS_ENDPOINT_URL": u},
+            {"secret_key": s3.secret_key},
+        )
+    if request.param == "gs":
+        gcs: GcsServer = request.getfixturevalue("gcsserver")
+        return Service(
+            "gs",
+            "GCS",
+            gcs.port,
+            gcs.url,
+            lambda u: {"base_url": u},
+            lambda u: {"GOOGLE_BASE_URL": u},
+            {},
+        )
+    az: AzureServer = request.getfixturevalue("azureserver")
+    return Service(
+        "az",
+        "Azure",
+        az.port,
+        az.url,
+        lambda u: {"endpoint": f"{u}/{az.account}"},
+        lambda u: {"AZURE_STORAGE_ENDPOINT": f"{u}/{az.account}"},
+        {"resign": azure_resign},
+    )
+
+
+# For what test_faults.py already proves on S3: the two other services.
+NEW_SERVICES = pytest.mark.parametrize("service", ["gs", "az"], indirect=True)
+
+CONDITION_HEADER = {"s3": "If-None-Match: *", "gs": "x-goog-if-generation-match: 0"}
+CONDITION_HEADER["az"] = CONDITION_HEADER["s3"]
+
+
+def test_every_service_refuses_writes_when_its_conditions_are_ignored(
+    service: Service, tmp_path: Path
 ) -> None:
+    url = service.new_url()
+    honest = CloudStore(url)
+    honest.put("readable.json", b"{}")
+    with service.proxy(Faults(strip_conditions=True)) as proxy:
+        liar = CloudStore(url, service.options_via(proxy.url))
+        header = re.escape(CONDITION_HEADER[service.kind])
+        with pytest.raises(StoreError, match=f"^{service.name} store .*: {header} ") as e:
+            liar.put("projects/p/project.json", b"{}", if_absent=True)
+        assert "refusing to write" in str(e.value)
+        with pytest.raises(StoreError, match="refusing to write"):
+            liar.delete("readable.json")
+        assert liar.get("readable.json") == b"{}"
+        assert proxy.count("PUT") == 2  # the probe's two create-only puts, nothing after
+        # The CLI says so in one line, naming the service and the header.
+        src = tmp_path / "f"
+        src.write_bytes(b"x")
+        env = dict(os.environ, **service.env_via(proxy.url), ARTFS_CACHE=str(tmp_path / "c"))
+        env["ARTFS_CONFIG"] = str(tmp_path / "none.toml")
+        proc = subprocess.run(
+            [sys.executable, "-m", "artfs.cli", "--store", url, "put", str(src), "-n", "p/a"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("artfs: error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert f"{service.name} store" in proc.stderr and CONDITION_HEADER[service.kind] in proc.stderr
+    assert [o.key for o in honest.iter_keys("")] == ["readable.json"]
+
+
+def test_every_service_passes_the_probe_and_keeps_its_guarantees(service: Service) -> None:
+    url = service.new_url()
+    store = CloudStore(url)
+    tag = store.put("a.json", b"1", if_absent=True)
+    with pytest.raises(PreconditionFailed):
+        store.put("a.json", b"2", if_absent=True)
+    assert store.head("a.json").etag == tag  # the token compare-and-swap takes
+    new = store.put("a.json", b"3", if_match=tag)
+    with pytest.raises(PreconditionFailed):
+        store.put("a.json", b"4", if_match=tag)  # lost the race: the object moved on
+    assert store.get("a.json") == b"3" and store.head("a.json").etag == new != tag
+    # The probe left nothing behind, and a listing shows only what was written.
+    assert [o.key for o in store.iter_keys("")] == ["a.json"]
+    assert [o.key for o in store.list("").objects] == ["a.json"]
+
+
+@NEW_SERVICES
+def test_a_write_whose_reply_was_lost_is_no_conflict_on_gcs_and_azure(service: Service) -> None:
+    url = service.new_url()
+    faults = Faults(lost_reply=1.0, limit=1, only_methods=frozenset({"PUT"}))
+    with service.proxy(faults) as proxy:
+        store = CloudStore(url, service.options_via(proxy.url))
+        store.put("warm.json", b"{}")  # the probe's first put loses its reply
+        assert proxy.injected["lost_reply"] == 1
+        proxy.set(limit=2)
+        tag = store.put("versions/0.json", b'{"v": 0}', if_absent=True)
+        assert proxy.injected["lost_reply"] == 2
+        assert proxy.count("PUT", "versions") >= 2  # retried, and met its own object
+        with pytest.raises(PreconditionFailed):
+            store.put("versions/0.json", b'{"v": "other"}', if_absent=True)
+        proxy.set(limit=3)
+        tag2 = store.put("versions/0.json", b'{"v": 1}', if_match=tag)
+        assert proxy.injected["lost_reply"] == 3
+        with pytest.raises(PreconditionFailed):
+            store.put("versions/0.json", b'{"v": 2}', if_match=tag)
+    assert CloudStore(url).get("versions/0.json") == b'{"v": 1}'
+    assert CloudStore(url).head("versions/0.json").etag == tag2
+
+
+@NEW_SERVICES
+def test_reads_through_faults_are_right_or_fail_on_gcs_and_azure(
+    service: Service, tmp_path: Path
+) -> None:
+    url = service.new_url()
+    clean = CloudStore(url)
+    blobs = []
+    for i, size in enumerate((12 * MiB + 1, 200_000, 70_001)):
+        data = random.Random(i).randbytes(size)
+        clean.put(f"blobs/{i}", data)
+        blobs.append((f"blobs/{i}", data))
+    faults = Faults(error=0.1, reset=0.1, reset_body=0.15, delay=0.1, delay_seconds=0.1)
+    right = failed = 0
+    with service.proxy(faults, seed=2) as proxy:
+        store = CloudStore(url, {**service.options_via(proxy.url), "timeout": 20})
+        for key, data in blobs:
+            for off in range(0, len(data), 3 * MiB):
+                try:
+                    got = store.get_range(key, off, 1 * MiB)
+                except StoreError:
+                    failed += 1
+                    continue
+                assert got == data[off : off + 1 * MiB], "wrong bytes"
+                right += 1
+            out = tmp_path / "out"
+            with open(out, "wb") as f:
+                try:
+                    store.download(key, f)
+                except StoreError:
+                    failed += 1
+                    continue
+            assert out.read_bytes() == data, "wrong bytes"
+            right += 1
+        injected = dict(proxy.injected)
+    assert injected["reset_body"] + injected["error"] + injected["reset"] > 0, injected
+    assert right > 0.9 * (right + failed)
+
+
+def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
+    service: Service, tmp_path: Path
+) -> None:
+    """Two machines (daemons with their own caches and state, each behind its own
+    fault proxy) commit into one artifact at once, round after round: every
+    round gives two versions, each with exactly its writer's files."""
+    url = service.new_url()
+    env0 = dict(os.environ, ARTFS_CONFIG=str(tmp_path / "none.toml"))
+    api = Api(store=url, cache=str(tmp_path / "api-cache"))
+    api.put([make_tree(tmp_path / "v0", {"base.txt": "zero"})], "proj/ds")
+    faults = Faults(error=0.03, reset=0.03, lost_reply=0.05, delay=0.1, delay_seconds=0.05)
+    rounds = 2
+    with contextlib.ExitStack() as stack:
+        machines = []
+        for i in (1, 2):
+            proxy = stack.enter_context(service.proxy(Faults(**vars(faults)), seed=i))
+            env = dict(env0, **service.env_via(proxy.url), ARTFS_STORE_TIMEOUT="30")
+            m = stack.enter_context(
+                mounted(
+                    tmp_path / f"mnt{i}",
+                    store_url=url,
+                    cache_dir=tmp_path / f"cache{i}",
+                    state_dir=tmp_path / f"state{i}",
+                    env=env,
+                    args=["--ttl", "1"],
+                )
+            )
+            machines.append((i, m, proxy))
+        for r in range(rounds):
+            for i, m, _ in machines:
+                staging = m.path / "proj/ds/staging"
+                for j in range(5):
+                    (staging / f"w{i}-r{r}-{j}.txt").write_text(f"writer {i} round {r} file {j}")
+            barrier = threading.Barrier(len(machines))
+            results: dict[int, subprocess.CompletedProcess[str]] = {}
+
+            def commit(i: int, m, barrier=barrier, results=results) -> None:
+                barrier.wait()
+                results[i] = subprocess.run(
+                    ["touch", str(m.path / "proj/ds/staging/.commit")],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+
+            threads = [threading.Thread(target=commit, args=(i, m)) for i, m, _ in machines]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert all(p.returncode == 0 for p in results.values()), results
+        injected = sum(sum(p.injected.values()) for _, _, p in machines)
+    assert injected > 0
+    versions = api.artifact_versions("proj/ds")
+    assert [v.version.number for v in versions] == list(range(1 + rounds * len(machines)))
+    seen = set()
+    for v in versions[1:]:
+        names = {p for p, _s, _d in v.files() if p.startswith("w")}
+        owners = {n.split("-")[0] + "-" + n.split("-")[1] for n in names}
+        assert len(owners) == 1 and len(names) == 5, names  # one writer's round, whole
+        seen |= owners
+    assert seen == {f"w{i}-r{r}" for i in (1, 2) for r in range(rounds)}
+    assert api.artifact("proj/ds:latest").version.number == rounds * len(machines)
+
+
+def _parts(proxy: FaultProxy) -> list[str]:
+    """Part uploads seen: S3 and GCS number parts, Azure puts blocks."""
+    return [
+        p for m, p, _ in proxy.requests if m == "PUT" and ("partNumber=" in p or "comp=block&" in p)
+    ]
+
+
+def test_large_files_upload_in_parallel_parts_on_every_service(
+    service: Service, tmp_path: Path
+) -> None:
+    url = service.new_url()
     data = random.Random(9).randbytes(23 * MiB)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
-    with FaultProxy(s3server.port) as proxy:
-        store = CloudStore(
-            s3_url,
-            {
-                "endpoint": proxy.url,
-                "multipart_threshold": 8 * MiB,
-                "part_size": 5 * MiB,
-                "max_concurrency": 4,
-            },
-        )
+    with service.proxy() as proxy:
+        options = {"multipart_threshold": 8 * MiB, "part_size": 5 * MiB, "max_concurrency": 4}
+        store = CloudStore(url, {**service.options_via(proxy.url), **options})
         store.put_file("blobs/aa/big", src, if_absent=True)
-        parts = [p for m, p, _ in proxy.requests if m == "PUT" and "partNumber=" in p]
-        assert len(parts) == 5  # 23 MiB in 5 MiB parts
+        assert len(_parts(proxy)) == 5  # 23 MiB in 5 MiB parts
         assert proxy.max_inflight > 1  # parts went up side by side
         with pytest.raises(PreconditionFailed):
             store.put_file("blobs/aa/big", src, if_absent=True)
-    assert CloudStore(s3_url).get("blobs/aa/big") == data
+        # A file that would need more parts than the service allows gets bigger parts.
+        store.service = dataclasses.replace(store.service, max_parts=2)
+        proxy.clear()
+        store.put_file("blobs/aa/big2", src)
+        assert len(_parts(proxy)) == 2  # 12 MiB parts
+    for key in ("blobs/aa/big", "blobs/aa/big2"):
+        assert CloudStore(url).get(key) == data
     out = tmp_path / "back.bin"
     with open(out, "wb") as f:
-        assert CloudStore(s3_url).download("blobs/aa/big", f) == len(data)
+        assert CloudStore(url).download("blobs/aa/big", f) == len(data)
     assert out.read_bytes() == data
+
+
+def test_lazy_reads_fetch_only_the_parts_read_on_every_service(
+    service: Service, tmp_path: Path
+) -> None:
+    url = service.new_url()
+    data = random.Random(5).randbytes(4 * PART_SIZE + 7)
+    digest = digest_bytes(data)
+    CloudStore(url).put(layout.blob_key(digest), data)
+    hexpart = digest.partition(":")[2]
+    with service.proxy() as proxy:
+        store = CloudStore(url, service.options_via(proxy.url))
+        cache = BlobCache(tmp_path / "cache", store, layout.blob_key)
+        proxy.clear()
+        reader = cache.open_reader(digest, len(data))
+        assert isinstance(reader, LazyBlobReader)
+        offset = 2 * PART_SIZE + 12345
+        assert reader.read(offset, 1000) == data[offset : offset + 1000]
+        # One ranged GET, of the one part the read touched.
+        gets = [r for m, p, r in proxy.requests if m == "GET" and hexpart in p]
+        assert gets == [f"bytes={2 * PART_SIZE}-{3 * PART_SIZE - 1}"]
+        # Reading on fetches the rest once each; the whole is verified into the cache.
+        got = bytearray()
+        while chunk := reader.read(len(got), 1 << 20):
+            got += chunk
+        assert bytes(got) == data
+        reader.close()
+        deadline = time.monotonic() + 60
+        while not cache.has(digest):
+            assert time.monotonic() < deadline, "never verified into the cache"
+            time.sleep(0.02)
+        gets = [r for m, p, r in proxy.requests if m == "GET" and hexpart in p]
+        assert len(gets) == len(set(gets)) == 5 and all(gets)
+    assert cache.path(digest).read_bytes() == data
+
+
+@NEW_SERVICES
+def test_gcs_or_azure_staying_down_or_hanging_fails_in_bounded_time(service: Service) -> None:
+    url = service.new_url()
+    CloudStore(url).put("k", b"v")
+    with service.proxy() as proxy:
+        store = CloudStore(url, {**service.options_via(proxy.url), "timeout": 3})
+        assert store.get("k") == b"v"
+        proxy.set(down=True)
+        for what in (
+            lambda: store.get("k"),
+            lambda: store.list(""),
+            lambda: store.put("k2", b"v", if_absent=True),
+        ):
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="failed after"):
+                what()
+            assert time.monotonic() - start < 12
+        proxy.set(down=False)
+        assert store.get("k") == b"v"  # up again: the same store carries on
+        proxy.set(delay=1.0, delay_seconds=30)  # accepts, never answers in time
+        hung = CloudStore(
+            url, {**service.options_via(proxy.url), "timeout": 2, "request_timeout": 1}
+        )
+        start = time.monotonic()
+        with pytest.raises(StoreError):
+            hung.get("k")
+        assert time.monotonic() - start < 12

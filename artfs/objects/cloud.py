@@ -6,12 +6,17 @@ worker threads (obstore's async API does not run under trio).
 
 Guarantees, and how they map onto the service:
 
-- create-only puts send ``If-None-Match: *``; compare-and-swap sends
-  ``If-Match: <etag>``. Some S3-compatible services ignore these headers
-  silently, so before the first write a store is probed: two create-only
-  puts of one scratch key (the second must fail) and one compare-and-swap
-  with a wrong etag (it must fail). A store that fails the probe is refused
-  for writing, with a message that says why.
+- create-only puts and compare-and-swap are each service's own conditional
+  request (``_SERVICES``): S3 and Azure send ``If-None-Match: *`` and
+  ``If-Match: <etag>``; GCS sends ``x-goog-if-generation-match: 0`` and
+  ``x-goog-if-generation-match: <generation>`` (GCS does not apply If-Match to
+  a write). So on GCS the "etag" this store hands out (``put``, ``head``) is
+  the object's generation, the token its compare-and-swap takes; callers never
+  see the difference. Some services ignore conditions silently, so before the
+  first write a store is probed: two create-only puts of one scratch key (the
+  second must fail) and one compare-and-swap with a wrong etag or generation
+  (it must fail). A store that fails the probe is refused for writing, with a
+  message that names the service and the header that was ignored.
 - A request that fails on a 5xx, a timeout or a dropped connection is retried
   with exponential backoff (obstore's retries, plus ours for failures obstore
   does not retry, such as a connection dropped halfway through a body), until
@@ -27,15 +32,23 @@ Guarantees, and how they map onto the service:
   time). S3 has no create-only multipart upload in obstore, so a create-only
   put of a file above ``multipart_threshold`` checks that the key is absent and
   then uploads: put_file is for content-addressed blobs, where two writers
-  racing on one key write the same bytes.
+  racing on one key write the same bytes. Parts grow past ``part_size`` when
+  a file would need more parts than the service allows (10,000 on S3 and
+  GCS, 50,000 blocks on Azure).
+- Azure leases are not used: a blob someone else leased refuses our writes
+  (412), which is reported like any failed precondition.
 
 Configuration, first match wins: the ``options`` argument, the ``[object_store]``
 table of the artfs config file (any obstore store option such as ``endpoint``,
-``region``, ``access_key_id``, plus the artfs keys below), the usual
-environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, read by obstore), and for
-S3 the AWS shared files (``~/.aws/credentials`` and ``~/.aws/config``, profile
-from ``AWS_PROFILE`` or the ``profile`` option). Plain http is allowed only for
-an endpoint on loopback, or with ``allow_http = true``.
+``region``, ``access_key_id``, ``service_account``, ``account_name``, plus the
+artfs keys below), the usual environment (``AWS_*``, ``GOOGLE_*``,
+``AZURE_*``, ``AZURITE_BLOB_STORAGE_URL``, read by obstore;
+``GOOGLE_APPLICATION_CREDENTIALS`` too), and for S3 the AWS shared files
+(``~/.aws/credentials`` and ``~/.aws/config``, profile from ``AWS_PROFILE`` or
+the ``profile`` option). Plain http is allowed only for an endpoint on
+loopback (S3 ``endpoint``, GCS ``base_url`` or a service account file's
+``gcs_base_url``, Azure ``endpoint`` or the emulator), or with
+``allow_http = true``.
 
 artfs keys: ``timeout`` (seconds an operation may take, retries included;
 also ``ARTFS_STORE_TIMEOUT``), ``request_timeout``, ``connect_timeout``,
@@ -48,6 +61,8 @@ from __future__ import annotations
 import configparser
 import contextlib
 import ipaddress
+import json
+import math
 import os
 import random
 import threading
@@ -55,6 +70,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -84,9 +100,36 @@ DEFAULTS: dict[str, Any] = {
     "max_concurrency": 8,
 }
 _ARTFS_KEYS = {*DEFAULTS, "allow_http", "profile"}
+MiB = 1 << 20
 _DOWNLOAD_CHUNK = 8 << 20
 _PROBE_PREFIX = ".artfs-probe/"
-_WRITE_TOKEN = "artfs-write"
+# Metadata name of a conditional put's token: letters only, the one spelling
+# every service takes (Azure wants an identifier, some proxies drop "_").
+_WRITE_TOKEN = "artfswritetoken"
+
+
+@dataclass(frozen=True)
+class _Service:
+    """What differs between the services, in the words of their own APIs."""
+
+    name: str
+    create_only: str  # the condition a create-only put sends
+    compare_and_swap: str  # the condition a compare-and-swap put sends
+    tag_is_generation: bool  # compare-and-swap takes the generation, not the etag
+    max_parts: int  # parts (S3, GCS) or blocks (Azure) one object may have
+
+
+_SERVICES = {
+    "s3": _Service("S3", "If-None-Match: *", "If-Match: <etag>", False, 10_000),
+    "gs": _Service(
+        "GCS",
+        "x-goog-if-generation-match: 0",
+        "x-goog-if-generation-match: <generation>",
+        True,
+        10_000,
+    ),
+    "az": _Service("Azure", "If-None-Match: *", "If-Match: <etag>", False, 50_000),
+}
 
 
 def _loopback(url: str) -> bool:
@@ -176,6 +219,49 @@ def _aws_profile(profile: str | None) -> dict[str, str]:
     return out
 
 
+def _gcs_endpoint(store_config: dict[str, Any]) -> str | None:
+    """Where GCS requests go: ``base_url``, else a service account file's
+    ``gcs_base_url`` (how emulators are configured), else Google."""
+    for key in ("base_url", "google_base_url"):
+        if store_config.get(key):
+            return store_config[key]
+    if os.environ.get("GOOGLE_BASE_URL"):
+        return os.environ["GOOGLE_BASE_URL"]
+    keys = [p + n for p in ("", "google_") for n in ("service_account", "service_account_path")]
+    path = next(
+        (store_config[k] for k in keys if store_config.get(k)),
+        os.environ.get("GOOGLE_SERVICE_ACCOUNT") or os.environ.get("GOOGLE_SERVICE_ACCOUNT_PATH"),
+    )
+    raw = (
+        store_config.get("service_account_key")
+        or store_config.get("google_service_account_key")
+        or os.environ.get("GOOGLE_SERVICE_ACCOUNT_KEY")
+    )
+    try:
+        if raw:
+            key = json.loads(raw)
+        elif path:
+            key = json.loads(Path(path).read_text())
+        else:
+            return None
+    except (OSError, ValueError):
+        return None  # obstore says what is wrong with it when the store opens
+    return key.get("gcs_base_url") if isinstance(key, dict) else None
+
+
+def _azure_endpoint(store_config: dict[str, Any]) -> str | None:
+    """Where Azure requests go: ``endpoint``, the emulator's URL, else Azure."""
+    for key in ("endpoint", "azure_storage_endpoint", "azure_endpoint"):
+        if store_config.get(key):
+            return store_config[key]
+    if os.environ.get("AZURE_STORAGE_ENDPOINT"):
+        return os.environ["AZURE_STORAGE_ENDPOINT"]
+    emulator = store_config.get("use_emulator") or os.environ.get("AZURE_STORAGE_USE_EMULATOR")
+    if emulator and _as_bool(emulator):
+        return os.environ.get("AZURITE_BLOB_STORAGE_URL") or "http://127.0.0.1:10000"
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -225,6 +311,7 @@ class CloudStore(ObjectStore):
             raise StoreError(f"bad object store option: {e}") from None
 
         store_config = {k: _option_text(v) for k, v in opts.items()}
+        self.service = _SERVICES.get(scheme, _SERVICES["az"])
         endpoint = None
         if scheme == "s3":
             if "access_key_id" not in store_config and not os.environ.get("AWS_ACCESS_KEY_ID"):
@@ -238,6 +325,10 @@ class CloudStore(ObjectStore):
             )
             if endpoint:
                 store_config["endpoint"] = endpoint
+        elif scheme == "gs":
+            endpoint = _gcs_endpoint(store_config)
+        else:
+            endpoint = _azure_endpoint(store_config)
         allow_http = artfs_opts.get("allow_http")
         if allow_http is None:
             allow_http = bool(endpoint) and endpoint.startswith("http://") and _loopback(endpoint)
@@ -337,21 +428,24 @@ class CloudStore(ObjectStore):
     def _probe(self) -> str | None:
         """None if the store honours conditional writes, else why not."""
         key = f"{_PROBE_PREFIX}{uuid.uuid4().hex}"
+        service = self.service
         failure = None
-        etag = self._put_bytes(key, b"first", "create")
+        tag = self._put_bytes(key, b"first", "create")
         try:
             try:
                 self._put_bytes(key, b"second", "create")
-                failure = "If-None-Match (two create-only puts of one key both succeeded)"
+                failure = f"{service.create_only} (two create-only puts of one key both succeeded)"
             except PreconditionFailed:
                 pass
             if failure is None:
+                # A tag the object cannot have: GCS generations are numbers.
+                wrong = "1" if service.tag_is_generation else '"0123456789abcdef0123456789abcdef"'
+                if wrong == tag:  # never in practice; the probe must use another one
+                    wrong = "2" if service.tag_is_generation else '"fedcba9876543210fedcba98"'
                 try:
-                    wrong = '"0123456789abcdef0123456789abcdef"'
-                    if wrong == etag:  # never in practice; the probe must use another one
-                        wrong = '"fedcba9876543210fedcba9876543210"'
-                    self._put_bytes(key, b"third", {"e_tag": wrong})
-                    failure = "If-Match (a put with a wrong etag succeeded)"
+                    self._put_bytes(key, b"third", self._update_mode(wrong))
+                    what = "generation" if service.tag_is_generation else "etag"
+                    failure = f"{service.compare_and_swap} (a put with a wrong {what} succeeded)"
                 except PreconditionFailed:
                     pass
         finally:
@@ -360,12 +454,22 @@ class CloudStore(ObjectStore):
         if failure is None:
             return None
         return (
-            f"store {self.url} ignores conditional writes: {failure}. artfs numbers "
-            "versions and moves aliases with create-only and compare-and-swap puts, so "
-            "writing to this store could lose commits; refusing to write to it. "
-            "Use a service that supports If-None-Match and If-Match on PUT "
-            "(AWS S3, GCS, Azure, recent MinIO, Ceph RGW or SeaweedFS)."
+            f"{service.name} store {self.url} ignores conditional writes: {failure}. artfs "
+            "numbers versions and moves aliases with create-only and compare-and-swap puts, "
+            "so writing to this store could lose commits; refusing to write to it. "
+            "Use a service that honours conditional puts (AWS S3, GCS, Azure Blob Storage, "
+            "recent MinIO, Ceph RGW or SeaweedFS)."
         )
+
+    def _update_mode(self, tag: str) -> dict[str, str]:
+        """obstore's compare-and-swap mode for a tag this store handed out."""
+        return {"version": tag} if self.service.tag_is_generation else {"e_tag": tag}
+
+    def _tag(self, meta: Any) -> str:
+        """The token compare-and-swap takes: the generation on GCS, else the etag."""
+        if self.service.tag_is_generation and meta.get("version"):
+            return str(meta["version"])
+        return meta.get("e_tag") or meta.get("version") or ""
 
     # -- interface ----------------------------------------------------------
 
@@ -419,7 +523,7 @@ class CloudStore(ObjectStore):
         if if_absent:
             mode = "create"
         elif if_match is not None:
-            mode = {"e_tag": if_match}
+            mode = self._update_mode(if_match)
         return self._put_bytes(key, data, mode)
 
     def _put_bytes(self, key: str, data: bytes, mode: Any) -> str:
@@ -441,7 +545,7 @@ class CloudStore(ObjectStore):
             if etag is None:
                 raise
             return etag
-        return result.get("e_tag") or result.get("version") or self.head(key).etag
+        return self._tag(result) or self.head(key).etag
 
     def _written_by(self, key: str, token: str) -> str | None:
         """The object's etag if our write with ``token`` is the one in place."""
@@ -453,8 +557,7 @@ class CloudStore(ObjectStore):
             return None
         if result.attributes.get(_WRITE_TOKEN) != token:
             return None
-        meta = result.meta
-        return meta.get("e_tag") or meta.get("version") or ""
+        return self._tag(result.meta)
 
     def put_file(
         self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
@@ -474,6 +577,8 @@ class CloudStore(ObjectStore):
             return
         if if_absent and self.exists(key):
             raise PreconditionFailed(f"exists: {key}")
+        # Past the service's part count, parts grow (their size stays a MiB multiple).
+        part_size = max(self.part_size, math.ceil(size / self.service.max_parts / MiB) * MiB)
         self._call(
             "put",
             key,
@@ -482,7 +587,7 @@ class CloudStore(ObjectStore):
                 key,
                 path,
                 use_multipart=True,
-                chunk_size=self.part_size,
+                chunk_size=part_size,
                 max_concurrency=self.max_concurrency,
             ),
         )
@@ -491,13 +596,12 @@ class CloudStore(ObjectStore):
         meta = self._call("head", key, lambda: obstore.head(self._store, key))
         return self._info(meta)
 
-    @staticmethod
-    def _info(meta: Any) -> ObjectInfo:
+    def _info(self, meta: Any) -> ObjectInfo:
+        # A GCS listing carries no generation, so its entries have the etag: a
+        # compare-and-swap given one fails its precondition, never overwrites.
+        # Tags for compare-and-swap come from put() and head().
         return ObjectInfo(
-            meta["path"],
-            int(meta["size"]),
-            meta.get("e_tag") or meta.get("version") or "",
-            meta["last_modified"].timestamp(),
+            meta["path"], int(meta["size"]), self._tag(meta), meta["last_modified"].timestamp()
         )
 
     def list(self, prefix: str, *, delimiter: bool = True) -> Listing:

