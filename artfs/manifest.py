@@ -86,6 +86,9 @@ class ManifestBuilder:
     def __len__(self) -> int:
         return len(self._entries) - 1
 
+    def __contains__(self, path: str) -> bool:
+        return bool(path) and path in self._entries
+
     def _add(self, path: str, row: tuple[str, int, int, str | None, str | None]) -> None:
         check_path(path)
         parent, _, _ = path.rpartition("/")

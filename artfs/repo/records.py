@@ -53,6 +53,8 @@ class Version:
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     logged_by: str | None = None
+    tags: list[str] = field(default_factory=list)
+    ttl: float | None = None  # seconds after ``created`` when the version expires (gc deletes it)
     aliases: list[str] = field(default_factory=list)
     etag: str | None = None  # of the record as read, for compare-and-swap edits
 
@@ -64,8 +66,12 @@ class Version:
     def ref(self) -> str:
         return f"{self.project}/{self.artifact}:v{self.number}"
 
+    @property
+    def expires(self) -> float | None:
+        return None if self.ttl is None else self.created + self.ttl
+
     def to_record(self) -> dict[str, Any]:
-        return {
+        rec = {
             "version": self.number,
             "manifest": self.manifest,
             "tree": self.tree,
@@ -76,6 +82,12 @@ class Version:
             "metadata": self.metadata,
             "logged_by": self.logged_by,
         }
+        # Written only when set, so a record without them keeps its bytes.
+        if self.tags:
+            rec["tags"] = list(self.tags)
+        if self.ttl is not None:
+            rec["ttl"] = self.ttl
+        return rec
 
     @classmethod
     def from_record(
@@ -93,6 +105,8 @@ class Version:
             description=rec.get("description") or "",
             metadata=dict(rec.get("metadata") or {}),
             logged_by=rec.get("logged_by"),
+            tags=[t for t in rec.get("tags") or [] if isinstance(t, str)],
+            ttl=float(rec["ttl"]) if rec.get("ttl") is not None else None,
             etag=etag,
         )
 
