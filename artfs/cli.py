@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from artfs import names
+from artfs import __version__, names
 from artfs.api import Api
 from artfs.config import ConfigError, load_settings, parse_duration, parse_size
 from artfs.config import format_size as _fmt_size
@@ -26,6 +27,10 @@ EXIT_PROBLEMS = 1  # check and verify: the store is not what it should be
 
 class CliError(Exception):
     pass
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _fmt_time(t: float) -> str:
@@ -103,6 +108,9 @@ def _load_metadata(text: str | None) -> dict[str, Any] | None:
 
 def cmd_put(args: argparse.Namespace) -> None:
     metadata = _load_metadata(args.metadata)
+    ttl = parse_duration(args.ttl) if args.ttl else None
+    if "latest" in args.alias:
+        print("artfs: note: latest moves with every commit; -a latest ignored", file=sys.stderr)
     api = _api(args)
     with _progress_bars() as bars:
         result = api.put(
@@ -113,15 +121,25 @@ def cmd_put(args: argparse.Namespace) -> None:
             description=args.description or "",
             metadata=metadata,
             phases=bars,
+            ttl=ttl,
         )
     v = result.version
+    if args.json:
+        _print_json(
+            {
+                **v.to_json(),
+                "created_new": result.created,
+                "new_blobs": result.new_blobs,
+                "new_bytes": result.new_bytes,
+            }
+        )
+        return
     if not result.created:
         print(f"{v.ref} (unchanged: identical to latest, no new version)", file=sys.stderr)
     else:
         print(
-            f"stored {v.file_count} files, {_fmt_size(v.size)}; "
-            f"{result.new_blobs} new {'blob' if result.new_blobs == 1 else 'blobs'} "
-            f"({_fmt_size(result.new_bytes)})",
+            f"stored {_plural(v.file_count, 'file')}, {_fmt_size(v.size)}; "
+            f"{_plural(result.new_blobs, 'new blob')} ({_fmt_size(result.new_bytes)})",
             file=sys.stderr,
         )
     print(v.ref)
@@ -131,7 +149,10 @@ def cmd_get(args: argparse.Namespace) -> None:
     api = _api(args)
     art = api.artifact(args.ref)
     with _progress_bars() as bars:
-        path = art.download(args.root, bars("get", art.version.size), link=args.link)
+        path = art.download(args.root, args.path_prefix, bars("get", art.size), link=args.link)
+    if args.json:
+        _print_json({"ref": art.qualified_name, "path": str(path)})
+        return
     print(path)
 
 
@@ -155,28 +176,37 @@ def cmd_ls(args: argparse.Namespace) -> None:
         if args.json:
             _print_json(rows)
         for r in [] if args.json else rows:
-            print(f"{r['name']}\t{r['type']}\t{r['versions']} versions")
+            print(f"{r['name']}\t{r['type']}\t{_plural(r['versions'], 'version')}")
         return
     art = repo.artifact(project, artifact)
     versions = repo.versions(project, artifact)
     if args.json:
         _print_json([v.to_json(art.type) for v in versions])
         return
+    _print_versions(versions)
+
+
+def _print_versions(versions: list[Any]) -> None:
     for v in versions:
         aliases = ",".join(v.aliases)
+        tags = " ".join(f"#{t}" for t in v.tags)
         print(
-            f"v{v.number}\t{_fmt_time(v.created)}\t{v.file_count} files\t"
-            f"{_fmt_size(v.size)}\t{aliases}"
+            f"v{v.number}\t{_fmt_time(v.created)}\t{_plural(v.file_count, 'file')}\t"
+            f"{_fmt_size(v.size)}\t{aliases}" + (f"\t{tags}" if tags else "")
         )
 
 
 def cmd_show(args: argparse.Namespace) -> None:
     api = _api(args)
     art = api.artifact(args.ref)
-    v = art.version
+    v = art.record
     out = v.to_json(art.type)
     if args.files:
-        out["files"] = [{"path": p, "size": s, "digest": d} for p, s, d in art.files()]
+        out["files"] = [
+            {"path": f.path, "kind": f.kind, "size": f.size, "digest": f.digest or None}
+            | ({"target": f.target} if f.target is not None else {})
+            for f in art.files()
+        ]
     if args.json:
         _print_json(out)
         return
@@ -189,16 +219,25 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(f"manifest:    {v.manifest}")
     print(f"description: {v.description or '-'}")
     print(f"metadata:    {json.dumps(v.metadata, sort_keys=True)}")
+    if v.tags:
+        print(f"tags:        {', '.join(v.tags)}")
+    if v.expires is not None:
+        print(f"expires:     {_fmt_time(v.expires)}")
     if v.logged_by:
         print(f"logged by:   {v.logged_by}")
     if args.files:
         for f in out["files"]:
-            print(f"  {f['size']:>12}  {f['path']}")
+            if f["kind"] == "dir":
+                print(f"  {'dir':>12}  {f['path']}/")
+            elif f["kind"] == "symlink":
+                print(f"  {'link':>12}  {f['path']} -> {f['target']}")
+            else:
+                print(f"  {f['size']:>12}  {f['path']}")
 
 
 def cmd_alias_set(args: argparse.Namespace) -> None:
     api = _api(args)
-    v = api.artifact(args.ref).version
+    v = api.artifact(args.ref).record
     api.repo.set_alias(v, args.alias)
     print(f"{v.project}/{v.artifact}:{args.alias} -> v{v.number}")
 
@@ -206,7 +245,9 @@ def cmd_alias_set(args: argparse.Namespace) -> None:
 def cmd_alias_rm(args: argparse.Namespace) -> None:
     api = _api(args)
     ref = names.Ref.parse(args.name)
+    number = api.repo.alias_target(ref.project, ref.artifact, args.alias)
     api.repo.remove_alias(ref.project, ref.artifact, args.alias)
+    print(f"removed alias {ref.name}:{args.alias} (was v{number})")
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
@@ -231,16 +272,24 @@ def cmd_meta_set(args: argparse.Namespace) -> None:
 def cmd_meta_replace(args: argparse.Namespace) -> None:
     metadata = _load_metadata(args.json_value) or {}
     api = _api(args)
-    api.repo.update_version(api.artifact(args.ref).version, metadata=metadata)
+    api.repo.update_version(api.artifact(args.ref).record, metadata=metadata)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
     api = _api(args)
     ref = names.Ref.parse(args.ref)
+    if args.all:
+        if ref.selector is not None:
+            raise CliError(
+                f"--all deletes a whole artifact: name it without a version ({ref.name})"
+            )
+        gone = api.delete_artifact(ref.name)
+        print(f"deleted {ref.name} ({_plural(len(gone), 'version')}; its blobs go at gc)")
+        return
     if ref.selector is None:
         raise CliError(f"bad ref {args.ref!r}: name the version to delete, e.g. {ref.name}:v0")
     art = api.artifact(args.ref)
-    removed = api.repo.delete_version(art.version, delete_aliases=args.delete_aliases)
+    removed = api.repo.delete_version(art.record, delete_aliases=args.delete_aliases)
     extra = f" (aliases removed: {', '.join(removed)})" if removed else ""
     print(f"deleted {art.ref}{extra}")
 
@@ -255,7 +304,7 @@ def cmd_cache_cleanup(args: argparse.Namespace) -> None:
         )
         return
     print(
-        f"removed {r.removed} blobs, freed {_fmt_size(r.freed)}; cache now "
+        f"removed {_plural(r.removed, 'blob')}, freed {_fmt_size(r.freed)}; cache now "
         f"{_fmt_size(r.kept_bytes)}" + (f"; {r.pinned} in use kept" if r.pinned else "")
     )
 
@@ -307,6 +356,7 @@ def cmd_umount(args: argparse.Namespace) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> None:
     from artfs.repo.gc import collect_garbage
+    from artfs.repo.retention import delete_expired
 
     grace = parse_duration(args.grace)
 
@@ -318,9 +368,14 @@ def cmd_gc(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    r = collect_garbage(
-        _api(args).repo, grace=grace, dry_run=args.dry_run, force=args.force, on_wait=waiting
-    )
+    repo = _api(args).repo
+    expired = delete_expired(repo, dry_run=args.dry_run)
+    r = collect_garbage(repo, grace=grace, dry_run=args.dry_run, force=args.force, on_wait=waiting)
+    if args.json:
+        _print_json({**dataclasses.asdict(r), "expired_versions": [v.ref for v in expired]})
+        return
+    for v in expired:
+        print(f"{'would delete' if args.dry_run else 'deleted'} expired {v.ref}")
     verb = "would sweep" if r.dry_run else "swept"
     kept = [f"{r.live_blobs} blobs in {r.live_versions} live versions kept"]
     if r.deleted_kept:
@@ -374,7 +429,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
     api = _api(args)
     art = api.artifact(args.ref)
-    report = verify_version(api.repo, art.version, from_cache=args.from_cache)
+    report = verify_version(api.repo, art.record, from_cache=args.from_cache)
     for m in report.mismatches:
         print(f"mismatch: {m}")
     where = "the local cache" if args.from_cache else "the store"
@@ -405,64 +460,184 @@ def cmd_run(args: argparse.Namespace) -> None:
     try:
         code = subprocess.call(command, env=env)
     except OSError as e:
-        runs.finish_run(api.repo, run, 127)
-        raise CliError(f"cannot run {command[0]}: {e.strerror}") from None
+        # As a shell: 127 for a command not found, 126 for one that cannot run.
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        runs.finish_run(api.repo, run, code)
+        print(f"artfs: {command[0]}: {e.strerror}", file=sys.stderr)
+        raise SystemExit(code) from None
     runs.finish_run(api.repo, run, code)
     raise SystemExit(code)
 
 
 def cmd_lineage(args: argparse.Namespace) -> None:
-    from artfs.repo import runs
+    from artfs.repo import graph, runs
 
     api = _api(args)
     repo = api.repo
+    up = not args.down or args.up
+    down = not args.up or args.down
     if args.run:
         run = runs.get_run(repo, args.target)
-        used = runs.used_artifacts(repo, run.id)
-        logged = runs.logged_artifacts(repo, run.id)
-        if args.json:
-            _print_json(
-                {
-                    "run": run.to_record(),
-                    "used": [v.ref for v in used],
-                    "logged": [v.ref for v in logged],
-                }
-            )
-            return
-        print(f"run {run.id}: {' '.join(run.command)} (exit {run.exit_code})")
-        for v in used:
-            print(f"  used    {v.ref}")
-        for v in logged:
-            print(f"  logged  {v.ref}")
+        g = graph.walk(repo, run_id=run.id, up=up, down=down, depth=args.depth)
+        summary: dict[str, Any] = {
+            "run": run.to_record(),
+            "used": [v.ref for v in runs.used_artifacts(repo, run.id)],
+            "logged": [v.ref for v in runs.logged_artifacts(repo, run.id)],
+        }
+    else:
+        version = api.artifact(args.target).record
+        g = graph.walk(repo, version=version, up=up, down=down, depth=args.depth)
+        producer = runs.logged_by(repo, version)
+        summary = {
+            "ref": version.ref,
+            "logged_by": producer
+            and {
+                **producer.to_record(),
+                "used": [v.ref for v in runs.used_artifacts(repo, producer.id)],
+            },
+            "used_by": [
+                {**r.to_record(), "logged": [v.ref for v in runs.logged_artifacts(repo, r.id)]}
+                for r in runs.used_by(repo, version)
+            ],
+        }
+    fmt = "json" if args.json else args.format
+    if args.svg or args.png:
+        _render_dot(g.to_dot(), args.svg, "svg")
+        _render_dot(g.to_dot(), args.png, "png")
+    if fmt == "json":
+        _print_json({**summary, "graph": g.to_json()})
+    elif fmt == "dot":
+        sys.stdout.write(g.to_dot())
+    elif not (args.svg or args.png):
+        _print_lineage(g)
+
+
+def _render_dot(source: str, dest: str | None, fmt: str) -> None:
+    import shutil
+    import subprocess
+
+    if not dest:
         return
-    version = api.artifact(args.target).version
-    producer = runs.logged_by(repo, version)
-    consumers = runs.used_by(repo, version)
+    dot = shutil.which("dot")
+    if dot is None:
+        raise CliError(
+            f"--{fmt} needs Graphviz's dot (Debian: apt-get install graphviz); "
+            "--format dot prints the graph's source"
+        )
+    proc = subprocess.run(
+        [dot, f"-T{fmt}", "-o", dest], input=source, text=True, capture_output=True
+    )
+    if proc.returncode != 0:
+        raise CliError(f"dot failed: {proc.stderr.strip().splitlines()[-1:]}")
+    print(f"wrote {dest}", file=sys.stderr)
+
+
+def _print_lineage(g: Any) -> None:
+    """The graph as an indented outline: what made the root above, what it made below."""
+
+    def label(node: str) -> str:
+        f = g.nodes[node]
+        if f["kind"] == "version":
+            return node
+        return f"run {f['run']}: {' '.join(f.get('command') or ['(no record)'])}"
+
+    def outline(node: str, forward: bool, indent: int, seen: set[str]) -> None:
+        nxt = sorted(b if forward else a for a, b in g.edges if (a if forward else b) == node)
+        for other in nxt:
+            is_run = g.nodes[other]["kind"] == "run"
+            if forward:
+                verb = "used by" if is_run else "which logged"
+            else:
+                verb = "logged by" if is_run else "which used"
+            print(f"{'  ' * indent}{verb} {label(other)}")
+            if other not in seen:
+                outline(other, forward, indent + 1, seen | {other})
+
+    print(label(g.root))
+    outline(g.root, False, 1, {g.root})
+    outline(g.root, True, 1, {g.root})
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    api = _api(args)
+    arts = api.artifact_versions(args.name, where=args.where, sort=args.sort, limit=args.limit)
+    if args.json:
+        _print_json([a.record.to_json(a.type) for a in arts])
+        return
+    _print_versions([a.record for a in arts])
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    api = _api(args)
+    old, new = api.artifact(args.old), api.artifact(args.new)
+    changes = old.diff(new)
     if args.json:
         _print_json(
-            {
-                "ref": version.ref,
-                "logged_by": producer
-                and {
-                    **producer.to_record(),
-                    "used": [v.ref for v in runs.used_artifacts(repo, producer.id)],
-                },
-                "used_by": [
-                    {**r.to_record(), "logged": [v.ref for v in runs.logged_artifacts(repo, r.id)]}
-                    for r in consumers
-                ],
-            }
+            {"from": old.qualified_name, "to": new.qualified_name}
+            | {"changes": [c.to_json() for c in changes]}
         )
         return
-    print(version.ref)
-    if producer:
-        print(f"  logged by run {producer.id}: {' '.join(producer.command)}")
-        for v in runs.used_artifacts(repo, producer.id):
-            print(f"    which used {v.ref}")
-    for r in consumers:
-        print(f"  used by run {r.id}: {' '.join(r.command)}")
-        for v in runs.logged_artifacts(repo, r.id):
-            print(f"    which logged {v.ref}")
+    marks = {"added": "+", "removed": "-", "changed": "M"}
+    for c in changes:
+        if c.status == "changed":
+            sizes = f"{_fmt_size(c.old_size or 0)} -> {_fmt_size(c.new_size or 0)}"
+        else:
+            sizes = _fmt_size((c.new_size if c.status == "added" else c.old_size) or 0)
+        suffix = "/" if c.kind == "dir" else ""
+        print(f"{marks[c.status]} {c.path}{suffix}\t{sizes}")
+    counts = {k: sum(1 for c in changes if c.status == k) for k in marks}
+    print(
+        f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed",
+        file=sys.stderr,
+    )
+
+
+def cmd_ttl_set(args: argparse.Namespace) -> None:
+    api = _api(args)
+    art = api.artifact(args.ref)
+    v = api.repo.set_ttl(art.record, parse_duration(args.duration))
+    assert v.expires is not None
+    print(f"{v.ref} expires {_fmt_time(v.expires)} (deleted by gc then, unless it has an alias)")
+
+
+def cmd_ttl_rm(args: argparse.Namespace) -> None:
+    api = _api(args)
+    v = api.repo.set_ttl(api.artifact(args.ref).record, None)
+    print(f"{v.ref} no longer expires")
+
+
+def cmd_tag(args: argparse.Namespace) -> None:
+    api = _api(args)
+    art = api.artifact(args.ref)
+    add = args.tags if args.tag_command == "add" else []
+    remove = args.tags if args.tag_command == "rm" else []
+    v = api.repo.edit_tags(art.record, add, remove)
+    print(f"{v.ref} tags: {', '.join(v.tags) or '-'}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from artfs.repo.retention import PruneRules, prune
+
+    api = _api(args)
+    ref = names.Ref.parse(args.name)
+    if ref.selector:
+        raise CliError(f"prune takes project/artifact, not a version ({args.name})")
+    if args.keep_last is not None and args.keep_last < 0:
+        raise CliError(f"bad --keep-last {args.keep_last}: must be 0 or more")
+    rules = PruneRules(
+        keep_last=args.keep_last,
+        older_than=parse_duration(args.older_than) if args.older_than else None,
+        keep_aliased=not args.delete_aliased,
+    )
+    api.repo.artifact(ref.project, ref.artifact)
+    gone = prune(api.repo, ref.project, ref.artifact, rules, dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "deleted": [v.ref for v in gone]})
+        return
+    verb = "would delete" if args.dry_run else "deleted"
+    for v in gone:
+        print(f"{verb} {v.ref}")
+    print(f"{verb} {_plural(len(gone), 'version')}; blobs go at gc", file=sys.stderr)
 
 
 # -- parser ------------------------------------------------------------------
@@ -495,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Versioned ML artifacts in a plain store, shown as directories.",
     )
     store_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"artfs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -505,76 +681,137 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("put", cmd_put, "store files or directories as a new version")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to store")
     p.add_argument("-n", "--name", required=True, help="project/artifact")
     p.add_argument(
         "-t", "--type", help="artifact type (default: the artifact's, or dataset for a new one)"
     )
-    p.add_argument("-a", "--alias", action="append", default=[])
-    p.add_argument("-d", "--description")
+    p.add_argument(
+        "-a", "--alias", action="append", default=[], help="an alias for the new version (repeat)"
+    )
+    p.add_argument("-d", "--description", help="the version's description")
     p.add_argument("-m", "--metadata", help="a JSON object, or a file holding one")
+    p.add_argument("--ttl", help="delete the version at gc this long after it is made (e.g. 30d)")
+    p.add_argument("--json", action="store_true", help="print the new version as JSON")
 
     p = add("get", cmd_get, "download a version into a directory")
-    p.add_argument("ref")
+    p.add_argument("ref", help="project/artifact[:version-or-alias]")
     p.add_argument("--root", help="directory to write (default ./artifacts/NAME:vN)")
     p.add_argument(
         "--link",
         action="store_true",
         help="hard-link files to the cache (read-only, no copy) instead of reflink or copy",
     )
+    p.add_argument("--path-prefix", help="only the entries under this path in the version")
+    p.add_argument("--json", action="store_true", help="print the ref and directory as JSON")
 
     p = add("ls", cmd_ls, "list projects, artifacts or versions")
-    p.add_argument("target", nargs="?", metavar="PROJECT[/ARTIFACT]")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("target", nargs="?", metavar="PROJECT[/ARTIFACT]", help="what to list")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("show", cmd_show, "show one version")
-    p.add_argument("ref")
-    p.add_argument("--files", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("ref", help="project/artifact[:version-or-alias]")
+    p.add_argument("--files", action="store_true", help="list its entries too")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("versions", cmd_versions, "list versions matching conditions, sorted")
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="e.g. 'metadata.val_acc>0.9', 'tags=sweep3' (repeat: all must hold)",
+    )
+    p.add_argument("--sort", metavar="FIELD", help="e.g. -metadata.val_acc (- for descending)")
+    p.add_argument("--limit", type=int, help="at most this many versions")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("diff", cmd_diff, "paths added, removed and changed between two versions")
+    p.add_argument("old", metavar="REF1", help="the version to compare from")
+    p.add_argument("new", metavar="REF2", help="the version to compare to")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     alias = sub.add_parser("alias", help="set or remove aliases")
-    alias_sub = alias.add_subparsers(dest="alias_command", required=True)
+    alias_sub = alias.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     p = alias_sub.add_parser("set", parents=[common], help="point ALIAS at REF")
     p.set_defaults(func=cmd_alias_set)
-    p.add_argument("ref")
-    p.add_argument("alias")
+    p.add_argument("ref", help="the version to point at")
+    p.add_argument("alias", help="the alias")
     p = alias_sub.add_parser("rm", parents=[common], help="remove ALIAS")
     p.set_defaults(func=cmd_alias_rm)
-    p.add_argument("name", metavar="PROJECT/ARTIFACT")
-    p.add_argument("alias")
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument("alias", help="the alias")
 
     p = add("describe", cmd_describe, "set a version's description")
-    p.add_argument("ref")
-    p.add_argument("text")
+    p.add_argument("ref", help="the version")
+    p.add_argument("text", help="the new description")
 
     meta = sub.add_parser("meta", help="edit a version's metadata")
-    meta_sub = meta.add_subparsers(dest="meta_command", required=True)
+    meta_sub = meta.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     p = meta_sub.add_parser("set", parents=[common], help="set keys (values parsed as JSON)")
     p.set_defaults(func=cmd_meta_set)
-    p.add_argument("ref")
-    p.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("ref", help="the version")
+    p.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="keys to set")
     p = meta_sub.add_parser("replace", parents=[common], help="replace all metadata")
     p.set_defaults(func=cmd_meta_replace)
-    p.add_argument("ref")
-    p.add_argument("json_value", metavar="JSON")
+    p.add_argument("ref", help="the version")
+    p.add_argument("json_value", metavar="JSON", help="a JSON object, or a file holding one")
 
-    p = add("delete", cmd_delete, "delete a version (its blobs go at gc)")
-    p.add_argument("ref")
-    p.add_argument("--delete-aliases", action="store_true")
+    tag = sub.add_parser("tag", help="add or remove a version's tags")
+    tag_sub = tag.add_subparsers(dest="tag_command", required=True, metavar="COMMAND")
+    for verb, what in (("add", "add TAGs"), ("rm", "remove TAGs")):
+        p = tag_sub.add_parser(verb, parents=[common], help=what)
+        p.set_defaults(func=cmd_tag)
+        p.add_argument("ref", help="the version")
+        p.add_argument("tags", nargs="+", metavar="TAG", help="tags (name rules as aliases)")
+
+    ttl = sub.add_parser("ttl", help="set or remove a version's time to live")
+    ttl_sub = ttl.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    p = ttl_sub.add_parser("set", parents=[common], help="expire REF this long after its creation")
+    p.set_defaults(func=cmd_ttl_set)
+    p.add_argument("ref", help="the version")
+    p.add_argument("duration", help="e.g. 30d, 12h")
+    p = ttl_sub.add_parser("rm", parents=[common], help="REF no longer expires")
+    p.set_defaults(func=cmd_ttl_rm)
+    p.add_argument("ref", help="the version")
+
+    p = add("delete", cmd_delete, "delete a version, or with --all an artifact (blobs go at gc)")
+    p.add_argument("ref", help="project/artifact:version (or project/artifact with --all)")
+    p.add_argument(
+        "--delete-aliases", action="store_true", help="also remove the version's aliases"
+    )
+    p.add_argument("--all", action="store_true", help="delete every version and the artifact")
+
+    p = add("prune", cmd_prune, "delete the versions of an artifact that rules select")
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument("--keep-last", type=int, metavar="N", help="keep the N highest versions")
+    p.add_argument("--older-than", metavar="AGE", help="only versions older than this (e.g. 30d)")
+    p.add_argument(
+        "--keep-aliased",
+        action="store_true",
+        default=True,
+        help="keep versions that hold an alias, latest included (the default)",
+    )
+    p.add_argument(
+        "--delete-aliased", action="store_true", help="delete aliased versions too (aliases go)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     cache = sub.add_parser("cache", help="manage the local cache")
-    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
     p = cache_sub.add_parser("cleanup", parents=[common], help="prune the cache to SIZE")
     p.set_defaults(func=cmd_cache_cleanup)
     p.add_argument("size", metavar="SIZE", help="e.g. 1GB")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = cache_sub.add_parser(
         "info", parents=[common], help="size, limit, blobs, pinned bytes and hit rate"
     )
     p.set_defaults(func=cmd_cache_info)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("gc", cmd_gc, "delete blobs that no live version needs")
+    p = add("gc", cmd_gc, "delete expired versions and blobs that no live version needs")
     p.add_argument(
         "--grace",
         default="6h",
@@ -607,24 +844,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-hash the local cache's copies (give a cache directory before the command)",
     )
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("run", cmd_run, "run a command, recording what it uses and logs")
-    p.add_argument("run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    p.add_argument(
+        "run_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run"
+    )
 
     p = add("lineage", cmd_lineage, "show the runs and versions around a version or run")
-    p.add_argument("target", metavar="REF|RUN_ID")
+    p.add_argument("target", metavar="REF|RUN_ID", help="a version, or a run id with --run")
     p.add_argument("--run", action="store_true", help="TARGET is a run id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--up", action="store_true", help="only what led to TARGET")
+    p.add_argument("--down", action="store_true", help="only what came from TARGET")
+    p.add_argument("--depth", type=int, help="at most this many edges away (default: all)")
+    p.add_argument(
+        "--format", choices=("text", "json", "dot"), default="text", help="output format"
+    )
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--svg", metavar="FILE", help="draw the graph into FILE with Graphviz")
+    p.add_argument("--png", metavar="FILE", help="draw the graph into FILE with Graphviz")
 
     p = add("mount", cmd_mount, "mount the store as a filesystem")
-    p.add_argument("mountpoint")
-    p.add_argument("--foreground", "-f", action="store_true")
+    p.add_argument("mountpoint", help="an empty directory")
+    p.add_argument(
+        "--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr"
+    )
     p.add_argument(
         "-o", dest="options", action="append", default=[], help="mount options, e.g. allow_other"
     )
     p.add_argument("--state", help="state directory (logs, staging)")
     p.add_argument("--ttl", type=float, default=None, help="seconds to cache listings")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="log every request")
     p.add_argument("--system", action="store_true", help="use the system service's paths")
     p.add_argument(
         "--via-cache",
@@ -637,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = add("umount", cmd_umount, "unmount and wait for the daemon to exit")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", help="where artfs is mounted")
     p.add_argument("--state", help="state directory the mount was started with")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     return parser
@@ -649,6 +899,12 @@ def _one_line(e: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--sort -metadata.acc`: a descending sort key looks like an option to argparse.
+    for i in range(len(argv) - 1):
+        if argv[i] == "--sort" and argv[i + 1].startswith("-"):
+            argv[i : i + 2] = [f"--sort={argv[i + 1]}"]
+            break
     args = parser.parse_args(argv)
     try:
         args.func(args)

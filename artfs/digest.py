@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 
 import xxhash
 
@@ -41,11 +42,14 @@ def digest_bytes(data: bytes) -> str:
 _buffers = threading.local()
 
 
-def digest_fd(fd: int, size_hint: int = -1) -> tuple[str, int]:
+def digest_fd(
+    fd: int, size_hint: int = -1, progress: Callable[[int], None] | None = None
+) -> tuple[str, int]:
     """(digest, size) of what is left to read from ``fd``, read in large chunks.
 
     A file known to be small is read in one call; a large one through a
     per-thread buffer, so hashing many files allocates nothing per file.
+    ``progress`` is called with the bytes of each chunk of a large file.
     """
     if 0 <= size_hint < READ_CHUNK:
         data = os.read(fd, size_hint + 1)
@@ -61,6 +65,8 @@ def digest_fd(fd: int, size_hint: int = -1) -> tuple[str, int]:
     view = memoryview(buf)
     while n := os.readv(fd, [buf]):
         h.update(view[:n])
+        if progress:
+            progress(n)
     return h.hexdigest(), h.size
 
 

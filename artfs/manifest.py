@@ -142,6 +142,9 @@ class ManifestBuilder:
     def __len__(self) -> int:
         return len(self._entries) - 1
 
+    def __contains__(self, path: str) -> bool:
+        return bool(path) and path in self._entries
+
     def _add(self, path: str, row: _Row) -> None:
         check_path(path)
         parent, _, _ = path.rpartition("/")

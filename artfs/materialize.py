@@ -173,7 +173,7 @@ def _replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
@@ -186,10 +186,11 @@ def materialize(
     dest: Path,
     progress: Progress | None = None,
     *,
+    path_prefix: str | None = None,
     link: bool = False,
 ) -> dict[str, int]:
-    """Write a version's tree under ``dest``; returns how many files were
-    reflinked, copied and linked."""
+    """Write a version's tree (or the entries under ``path_prefix``) under
+    ``dest``; returns how many files were reflinked, copied and linked."""
     if dest.exists() and not dest.is_dir():
         raise RepoError(f"cannot get into {dest}: not a directory")
     manifest = repo.manifest(version)
@@ -197,7 +198,11 @@ def materialize(
     entries = list(manifest.walk())
     dest.mkdir(parents=True, exist_ok=True)
     files = []
+    prefix = (path_prefix or "").strip("/")
     for path, e in entries:
+        under = path == prefix or path.startswith(prefix + "/") or prefix.startswith(path + "/")
+        if prefix and not under:
+            continue  # neither under the prefix nor a directory leading to it
         target = dest / path
         if e.is_dir:
             if target.is_symlink() or (target.exists() and not target.is_dir()):
@@ -206,7 +211,7 @@ def materialize(
         elif e.is_symlink:
             if target.is_symlink() and os.readlink(target) == e.target:
                 continue
-            _remove(target)
+            remove_path(target)
             os.symlink(e.target, target)  # type: ignore[arg-type]
         else:
             files.append((target, e))

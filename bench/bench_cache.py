@@ -131,7 +131,7 @@ def gets(base: Path, api: Api, files: int, size: int) -> None:
     src = base / "get-src"
     make_tree(src, files, size)
     api.put([src], "bench/get")
-    version = api.artifact("bench/get:v0").version
+    version = api.artifact("bench/get:v0").record
     for d, sz in ((d, sz) for _, sz, d in api.artifact("bench/get:v0").files()):
         api.repo.cache.ensure(d, sz)  # what a first get (or a mount) left in the cache
     baseline = min(cp_r(src, base / "cp-out") for _ in range(2))

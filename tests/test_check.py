@@ -94,7 +94,7 @@ def test_gc_grace_floor_and_dry_run(api: Api, run_artfs, tmp_path: Path) -> None
     api.put([src], "proj/ds")
     (src / "a").write_text("y")
     api.put([src], "proj/ds")
-    api.repo.delete_version(api.artifact("proj/ds:v0").version)
+    api.repo.delete_version(api.artifact("proj/ds:v0").record)
     for grace in ("0", "nan", "10m", "-1h", "inf"):
         r = run_artfs("gc", "--grace", grace, check=False)
         assert r.returncode == 2, (grace, r.stderr)

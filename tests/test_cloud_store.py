@@ -488,7 +488,7 @@ def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
         injected = sum(sum(p.injected.values()) for _, _, p in machines)
     assert injected > 0
     versions = api.artifact_versions("proj/ds")
-    assert [v.version.number for v in versions] == list(range(1 + rounds * len(machines)))
+    assert [v.record.number for v in versions] == list(range(1 + rounds * len(machines)))
     seen = set()
     for v in versions[1:]:
         names = {p for p, _s, _d in v.files() if p.startswith("w")}
@@ -496,7 +496,7 @@ def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
         assert len(owners) == 1 and len(names) == 5, names  # one writer's round, whole
         seen |= owners
     assert seen == {f"w{i}-r{r}" for i in (1, 2) for r in range(rounds)}
-    assert api.artifact("proj/ds:latest").version.number == rounds * len(machines)
+    assert api.artifact("proj/ds:latest").record.number == rounds * len(machines)
 
 
 def _parts(proxy: FaultProxy) -> list[str]:

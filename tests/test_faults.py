@@ -156,18 +156,18 @@ def test_commits_through_faults_succeed_or_fail_cleanly(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3server.endpoint)
     reader = Api(store=s3_url, cache=str(tmp_path / "clean-cache"))
     versions = reader.artifact_versions("proj/ds")
-    numbers = [v.version.number for v in versions]
+    numbers = [v.record.number for v in versions]
     assert set(committed) <= set(numbers)
     want = {i: read_tree(t) for i, t in enumerate(trees)}
     seen = []
     for v in versions:
-        got = read_tree(v.download(tmp_path / f"out{v.version.number}"))
+        got = read_tree(v.download(tmp_path / f"out{v.record.number}"))
         matches = [i for i, w in want.items() if w == got]
-        assert len(matches) == 1, f"v{v.version.number} is no tree that was committed"
+        assert len(matches) == 1, f"v{v.record.number} is no tree that was committed"
         seen.append(matches[0])
     assert len(seen) == len(set(seen))
     assert numbers == sorted(numbers) and len(numbers) == len(set(numbers))
-    latest = reader.artifact("proj/ds:latest").version.number
+    latest = reader.artifact("proj/ds:latest").record.number
     assert latest == max(numbers)
 
 

@@ -110,7 +110,7 @@ def test_mount_commit_and_base_commit_survive_gc_in_their_window(
     files = {f"d/f{i}": random.Random(10 + i).randbytes(3000) for i in range(5)}
     api.put([make_tree(tmp_path / "src", files)], "proj/ds")  # v0
     api.put([make_tree(tmp_path / "o", {"o": "x"})], "proj/ds")  # v1
-    api.repo.delete_version(api.artifact("proj/ds:v0").version)
+    api.repo.delete_version(api.artifact("proj/ds:v0").record)
     pause = tmp_path / "pause"
     env = dict(os.environ, ARTFS_TEST_PAUSE_BEFORE_RECORD=str(pause))
     env["ARTFS_CONFIG"] = artfs_env["ARTFS_CONFIG"]
@@ -157,7 +157,7 @@ def test_mount_commit_and_base_commit_survive_gc_in_their_window(
         (staging / "added").write_text("new")
 
         def delete_base() -> None:
-            api.repo.delete_version(api.artifact("proj/ds:v2").version, delete_aliases=True)
+            api.repo.delete_version(api.artifact("proj/ds:v2").record, delete_aliases=True)
 
         commit_in_window(staging, delete_base)  # -> v3
     _no_missing_blobs(store_url, tmp_path / "check-cache")
@@ -184,7 +184,7 @@ def test_a_base_commit_after_its_base_was_collected_fails_cleanly(
         staging = m.path / "proj/ds/staging"
         (staging / ".base").write_text("v0\n")
         (staging / "c").write_text("new")
-        api.repo.delete_version(api.artifact("proj/ds:v0").version, delete_aliases=True)
+        api.repo.delete_version(api.artifact("proj/ds:v0").record, delete_aliases=True)
         collect_garbage(api.repo, grace=0, force=True)
         r = subprocess.run(["touch", str(staging / ".commit")], capture_output=True, text=True)
         status = (staging / ".status").read_text()
@@ -254,7 +254,7 @@ def test_a_reader_on_another_machine_finishes_a_version_deleted_and_collected(
     ) as m:
         with open(m.path / "proj/ds/v0/big.bin", "rb") as f:
             head = f.read(MiB)
-            a.repo.delete_version(a.artifact("proj/ds:v0").version)
+            a.repo.delete_version(a.artifact("proj/ds:v0").record)
             r = collect_garbage(a.repo, grace=2, force=True)
             assert r.deleted_kept >= 2  # big.bin and v0's manifest
             rest = f.read()

@@ -79,7 +79,7 @@ def test_four_processes_put_at_once(api: Api, artfs_env: dict[str, str], tmp_pat
     assert sorted(refs) == [f"proj/ds:v{i}" for i in range(4)]
     versions = api.repo.versions("proj", "ds")
     assert [v.number for v in versions] == [0, 1, 2, 3]
-    assert api.artifact("proj/ds:latest").version.number == 3
+    assert api.artifact("proj/ds:latest").record.number == 3
     # Each version is complete and is exactly one of the four trees.
     contents = {str(read_tree(t)) for t in trees}
     got = {
@@ -113,10 +113,10 @@ def test_alias_set_move_remove_and_rules(api: Api, tmp_path: Path) -> None:
     assert repo.aliases("proj", "ds") == {"first": 0, "latest": 2}
     v1 = repo.version("proj", "ds", 1)
     repo.set_alias(v1, "best")
-    assert api.artifact("proj/ds:best").version.number == 1
+    assert api.artifact("proj/ds:best").record.number == 1
     repo.set_alias(repo.version("proj", "ds", 0), "best")  # move: one version per alias
     assert repo.aliases("proj", "ds") == {"best": 0, "first": 0, "latest": 2}
-    assert api.artifact("proj/ds:v0").version.aliases == ["best", "first"]
+    assert api.artifact("proj/ds:v0").record.aliases == ["best", "first"]
     repo.remove_alias("proj", "ds", "best")
     assert "best" not in repo.aliases("proj", "ds")
     with pytest.raises(NotFoundError):
@@ -163,7 +163,7 @@ def test_description_and_metadata_edits(api: Api, tmp_path: Path) -> None:
     }
     # A writer that saved only metadata leaves another's description alone.
     three = api.artifact("proj/ds:v0")
-    api.repo.update_version(three.version, description="by someone else")
+    api.repo.update_version(three.record, description="by someone else")
     three.metadata["c"] = 3
     three.save()
     assert api.artifact("proj/ds:v0").description == "by someone else"
@@ -172,7 +172,7 @@ def test_description_and_metadata_edits(api: Api, tmp_path: Path) -> None:
     art = api.artifact("proj/ds:v0")
     art.aliases.append("prod")
     art.save()
-    assert api.artifact("proj/ds:prod").version.number == 0
+    assert api.artifact("proj/ds:prod").record.number == 0
     art.aliases.remove("prod")
     art.save()
     assert "prod" not in api.repo.aliases("proj", "ds")
@@ -182,7 +182,7 @@ def test_description_and_metadata_edits(api: Api, tmp_path: Path) -> None:
     with pytest.raises(RepoError):
         bad.save()
     with pytest.raises(RepoError):
-        api.repo.update_version(bad.version, metadata={"x": object()})
+        api.repo.update_version(bad.record, metadata={"x": object()})
 
 
 def test_delete_with_and_without_aliases(api: Api, tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_two_daemons_with_their_own_caches_share_one_bucket(
     for t in threads:
         t.join()
     assert all(r.returncode == 0 for r in results.values()), results
-    numbers = [v.version.number for v in api.artifact_versions("proj/ds")]
+    numbers = [v.record.number for v in api.artifact_versions("proj/ds")]
     assert numbers == [0, 1, 2, 3]
     writers = set()
     for n in (2, 3):

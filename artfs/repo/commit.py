@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from artfs import names
-from artfs.digest import digest_fd, digest_file
+from artfs.digest import READ_CHUNK, digest_fd, digest_file
 from artfs.hooks import pause_point
 from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
@@ -62,7 +62,9 @@ def hash_files(
         fd = os.open(disk, os.O_RDONLY)
         try:
             st = os.fstat(fd)
-            digest, size = digest_fd(fd, st.st_size)
+            # A large file advances the bar as it is read, not once at its end.
+            large = progress is not None and st.st_size >= READ_CHUNK
+            digest, size = digest_fd(fd, st.st_size, progress if large else None)
         finally:
             os.close(fd)
         return path, disk, digest, size, st
@@ -78,7 +80,7 @@ def hash_files(
                 builder.add_file(path, size, digest, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
                 sources.setdefault(digest, disk)
             if progress:
-                progress(sum(d[3] for d in done))
+                progress(sum(d[3] for d in done if d[3] < READ_CHUNK))
     return sources
 
 
@@ -126,6 +128,8 @@ def commit_tree(
     if current is not None and current.tree == tree:
         for alias in aliases:
             repo.set_alias(current, alias)
+        if logged_by is not None:
+            runs.record_log(repo, logged_by, current)  # the run made it, if not first
         return CommitResult(repo.version(project, artifact, current.number), False, 0, 0, 0)
 
     needed = {digest: size for _, size, digest in builder.files()}

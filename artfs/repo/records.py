@@ -114,6 +114,8 @@ class Version:
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     logged_by: str | None = None
+    tags: list[str] = field(default_factory=list)
+    ttl: float | None = None  # seconds after ``created`` when the version expires (gc deletes it)
     aliases: list[str] = field(default_factory=list)
     etag: str | None = None  # of the record as read, for compare-and-swap edits
 
@@ -125,8 +127,12 @@ class Version:
     def ref(self) -> str:
         return f"{self.project}/{self.artifact}:v{self.number}"
 
+    @property
+    def expires(self) -> float | None:
+        return None if self.ttl is None else self.created + self.ttl
+
     def to_record(self) -> dict[str, Any]:
-        return {
+        rec = {
             "version": self.number,
             "manifest": self.manifest,
             "tree": self.tree,
@@ -137,6 +143,12 @@ class Version:
             "metadata": self.metadata,
             "logged_by": self.logged_by,
         }
+        # Written only when set, so a record without them keeps its bytes.
+        if self.tags:
+            rec["tags"] = list(self.tags)
+        if self.ttl is not None:
+            rec["ttl"] = self.ttl
+        return rec
 
     @classmethod
     def from_record(
@@ -157,6 +169,12 @@ class Version:
             raise CorruptRecord(f"corrupt record in store: {key}: 'metadata' must be an object")
         if logged_by is not None and not (isinstance(logged_by, str) and names.is_name(logged_by)):
             raise CorruptRecord(f"corrupt record in store: {key}: 'logged_by' must be a run id")
+        tags = rec.get("tags") or []
+        if not isinstance(tags, list) or not all(
+            isinstance(t, str) and names.is_name(t) for t in tags
+        ):
+            raise CorruptRecord(f"corrupt record in store: {key}: 'tags' must be a list of names")
+        ttl = _time_field(rec, "ttl", key) if rec.get("ttl") is not None else None
         return cls(
             project=project,
             artifact=artifact,
@@ -169,6 +187,8 @@ class Version:
             description=description,
             metadata=dict(metadata),
             logged_by=logged_by,
+            tags=tags,
+            ttl=ttl,
             etag=etag,
         )
 

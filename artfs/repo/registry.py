@@ -163,7 +163,7 @@ class Repo:
         names.check_name(name, "artifact name")
         key = layout.artifact_key(project, name)
         rec = self._read_json_or_none(key)
-        if rec is None:
+        if rec is None or rec.get("deleted"):
             raise NotFoundError(f"no artifact {project}/{name}")
         type_ = rec.get("type", "dataset")
         created = rec.get("created", 0.0)
@@ -182,11 +182,31 @@ class Repo:
         names.check_name(type, "artifact type")
         self.create_project(project)
         rec = {"type": type, "created": time.time()}
+        key = layout.artifact_key(project, name)
         try:
-            self.store.put(layout.artifact_key(project, name), encode_record(rec), if_absent=True)
+            self.store.put(key, encode_record(rec), if_absent=True)
         except PreconditionFailed:
-            return self.artifact(project, name)
+            try:
+                return self.artifact(project, name)
+            except NotFoundError:
+                # Deleted as a whole before: made anew, its version numbers
+                # (kept by the tombstones) go on from where they were.
+                self._update_record(key, lambda r: (r.clear(), r.update(rec)), f"no {key}")
         return Artifact(project, name, type, rec["created"])
+
+    def delete_artifact(self, project: str, name: str) -> list[Version]:
+        """Delete every version of an artifact, its aliases and the artifact itself."""
+        versions = self.versions(project, name)
+        for v in versions:
+            self.delete_version(v, delete_aliases=True)
+        for alias in self.aliases(project, name):
+            self.store.delete(layout.alias_key(project, name, alias))
+        self._update_record(
+            layout.artifact_key(project, name),
+            lambda r: r.update(deleted=True, deleted_at=time.time()),
+            f"no artifact {project}/{name}",
+        )
+        return versions
 
     def artifacts(self, project: str) -> list[Artifact]:
         self.project(project)
@@ -418,6 +438,44 @@ class Repo:
                 return
             except PreconditionFailed:
                 continue
+
+    def set_ttl(self, version: Version, ttl: float | None) -> Version:
+        """Give a version a time to live (seconds after its creation), or none."""
+        if ttl is not None and not (isinstance(ttl, int | float) and 0 < ttl < float("inf")):
+            raise RepoError(f"bad ttl {ttl!r}: a positive number of seconds")
+
+        def change(rec: dict[str, Any]) -> None:
+            if rec.get("deleted"):
+                raise NotFoundError(f"no version {version.ref}")
+            if ttl is None:
+                rec.pop("ttl", None)
+            else:
+                rec["ttl"] = float(ttl)
+
+        key = layout.version_key(version.project, version.artifact, version.number)
+        self._update_record(key, change, f"no version {version.ref}")
+        return self.version(version.project, version.artifact, version.number)
+
+    def edit_tags(
+        self, version: Version, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> Version:
+        """Add and remove tags (free labels, unlike aliases shared by many versions)."""
+        add = [names.check_name(t, "tag") for t in add]
+        remove = [names.check_name(t, "tag") for t in remove]
+
+        def change(rec: dict[str, Any]) -> None:
+            if rec.get("deleted"):
+                raise NotFoundError(f"no version {version.ref}")
+            tags = [t for t in rec.get("tags") or [] if t not in remove]
+            tags += [t for t in add if t not in tags]
+            if tags:
+                rec["tags"] = sorted(tags)
+            else:
+                rec.pop("tags", None)
+
+        key = layout.version_key(version.project, version.artifact, version.number)
+        self._update_record(key, change, f"no version {version.ref}")
+        return self.version(version.project, version.artifact, version.number)
 
     def delete_version(self, version: Version, *, delete_aliases: bool = False) -> list[str]:
         """Delete a version's record (its blobs go at gc). Returns the aliases removed.

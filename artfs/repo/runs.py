@@ -8,10 +8,13 @@ one is a single idempotent put and needs no read-modify-write.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,6 +39,9 @@ class Run:
     end: float | None = None
     exit_code: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    cwd: str = ""
+    git_commit: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -46,20 +52,40 @@ class Run:
             "start": self.start,
             "end": self.end,
             "exit_code": self.exit_code,
+            "name": self.name,
+            "cwd": self.cwd,
+            "git_commit": self.git_commit,
             **({"extra": self.extra} if self.extra else {}),
         }
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Run:
+        """A run from its stored record; fields of the wrong type are dropped, not trusted."""
+
+        def text(key: str) -> str:
+            value = rec.get(key)
+            return value if isinstance(value, str) else ""
+
+        def number(key: str) -> float | None:
+            value = rec.get(key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            return float(value) if ok else None
+
+        command = rec.get("command")
+        exit_code = rec.get("exit_code")
+        extra = rec.get("extra")
         return cls(
-            rec["id"],
-            list(rec.get("command") or []),
-            rec.get("host", ""),
-            rec.get("user", ""),
-            float(rec.get("start", 0.0)),
-            rec.get("end"),
-            rec.get("exit_code"),
-            dict(rec.get("extra") or {}),
+            check_run_id(text("id")),
+            [c for c in command if isinstance(c, str)] if isinstance(command, list) else [],
+            text("host"),
+            text("user"),
+            number("start") or 0.0,
+            number("end"),
+            exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+            dict(extra) if isinstance(extra, dict) else {},
+            text("name"),
+            text("cwd"),
+            text("git_commit") or None,
         )
 
 
@@ -71,13 +97,36 @@ def check_run_id(run_id: str) -> str:
     return names.check_name(run_id, "run id")
 
 
-def start_run(repo: Repo, command: list[str]) -> Run:
+def _git_commit(cwd: str) -> str | None:
+    """The commit checked out in ``cwd``, if it is a git work tree (as W&B records)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", cwd, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and len(commit) in (40, 64) else None
+
+
+def start_run(repo: Repo, command: list[str], name: str = "") -> Run:
     repo.ensure_config()
     try:
         user = getpass.getuser()
-    except OSError:
+    except (OSError, KeyError):
         user = str(os.getuid())
-    run = Run(new_run_id(), command, socket.gethostname(), user, time.time())
+    cwd = os.getcwd()
+    run_id = new_run_id()
+    run = Run(
+        run_id,
+        command,
+        socket.gethostname(),
+        user,
+        time.time(),
+        name=name or run_id,
+        cwd=cwd,
+        git_commit=_git_commit(cwd),
+    )
     repo.store.put(layout.run_key(run.id), encode_record(run.to_record()), if_absent=True)
     return run
 
@@ -92,9 +141,49 @@ def finish_run(repo: Repo, run: Run, exit_code: int) -> Run:
 def get_run(repo: Repo, run_id: str) -> Run:
     check_run_id(run_id)
     try:
-        return Run.from_record(json.loads(repo.store.get(layout.run_key(run_id))))
+        rec = json.loads(repo.store.get(layout.run_key(run_id)))
     except NotFound:
         raise NotFoundError(f"no run {run_id!r}") from None
+    except ValueError as e:
+        raise RepoError(f"corrupt run record {run_id!r}: {e}") from None
+    if not isinstance(rec, dict) or rec.get("id") != run_id:
+        raise RepoError(f"corrupt run record {run_id!r}")
+    try:
+        return Run.from_record(rec)
+    except names.BadName as e:
+        raise RepoError(f"corrupt run record {run_id!r}: {e}") from None
+
+
+def list_runs(repo: Repo) -> list[Run]:
+    """Every run with a readable record, oldest first."""
+    out = []
+    for obj in repo.store.list("runs/").objects:
+        run_id = layout.key_basename(obj.key).removesuffix(".json")
+        with contextlib.suppress(RepoError, names.BadName):
+            out.append(get_run(repo, run_id))
+    return sorted(out, key=lambda r: r.start)
+
+
+_warned: set[str] = set()
+
+
+def active_run_id(repo: Repo) -> str | None:
+    """The run named by ``ARTFS_RUN``, if it is one this store knows.
+
+    A stale or unknown id (a leftover variable, another store's run) warns once
+    per process and records nothing, rather than fail the caller's work.
+    """
+    run_id = os.environ.get(RUN_ENV) or None
+    if run_id is None:
+        return None
+    try:
+        get_run(repo, run_id)
+        return run_id
+    except (RepoError, names.BadName) as e:
+        if run_id not in _warned:
+            _warned.add(run_id)
+            print(f"artfs: warning: {RUN_ENV}={run_id!r} ignored: {e}", file=sys.stderr)
+        return None
 
 
 def record_use(repo: Repo, run_id: str, version: Version) -> None:
@@ -133,7 +222,13 @@ def logged_artifacts(repo: Repo, run_id: str) -> list[Version]:
 
 
 def logged_by(repo: Repo, version: Version) -> Run | None:
-    return get_run(repo, version.logged_by) if version.logged_by else None
+    """The run that logged ``version``; None if none did or its record is gone."""
+    if not version.logged_by:
+        return None
+    try:
+        return get_run(repo, version.logged_by)
+    except (RepoError, names.BadName):
+        return None
 
 
 def used_by(repo: Repo, version: Version) -> list[Run]:
@@ -145,6 +240,6 @@ def used_by(repo: Repo, version: Version) -> list[Run]:
         if repo.store.exists(key):
             try:
                 runs.append(get_run(repo, run_id))
-            except (NotFoundError, names.BadName):
+            except (RepoError, names.BadName):
                 continue
     return sorted(runs, key=lambda r: r.start)
