@@ -1,4 +1,4 @@
-"""The store's key layout (DESIGN.md, "The store's layout"). No other module builds keys."""
+"""The store's key layout (doc/FORMAT.md, section 1.1). No other module builds keys."""
 
 from __future__ import annotations
 
