@@ -213,8 +213,11 @@ class ArtifactVersion:
         return self._api.repo.manifest(self._record)
 
     def files(self) -> list[ArtifactEntry]:
-        """Every entry: files, symbolic links and directories (empty ones included)."""
-        return [ArtifactEntry(self, p, e) for p, e in self._manifest().walk()]
+        """Every file and symbolic link, and every empty directory (the others
+        are implied by the paths under them)."""
+        entries = list(self._manifest().walk())
+        parents = {p.rpartition("/")[0] for p, _ in entries}
+        return [ArtifactEntry(self, p, e) for p, e in entries if not (e.is_dir and p in parents)]
 
     def get_entry(self, path: str) -> ArtifactEntry:
         entry = self._manifest().lookup(path)

@@ -820,13 +820,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be freed")
     p.add_argument("--force", action="store_true", help="allow a grace period under the 1h floor")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("check", cmd_check, "check that the store is consistent (exit 1 if not)")
     p.add_argument("--read-data", action="store_true", help="also re-hash every needed blob")
     p.add_argument(
         "--repair", action="store_true", help="fix latest, stale locks and orphan temp files"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     # Its --cache means "from the cache": the cache directory goes before the command.
     store_only = argparse.ArgumentParser(add_help=False)
@@ -837,14 +838,13 @@ def build_parser() -> argparse.ArgumentParser:
         "re-hash one version's files and name every mismatch",
         parents=[store_only],
     )
-    p.add_argument("ref")
+    p.add_argument("ref", help="the version to re-hash")
     p.add_argument(
         "--cache",
         dest="from_cache",
         action="store_true",
         help="re-hash the local cache's copies (give a cache directory before the command)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("run", cmd_run, "run a command, recording what it uses and logs")
     p.add_argument(

@@ -36,7 +36,6 @@ def test_the_golden_store_reads_back(golden_api: Api, tmp_path: Path) -> None:
     kinds = {f.path: (f.kind, f.mode) for f in v0.files()}
     assert kinds == {
         "README.md": ("file", 0o644),
-        "data": ("dir", 0o755),
         "data/a.bin": ("file", 0o644),
         "data/b.txt": ("file", 0o600),
         "empty": ("dir", 0o755),

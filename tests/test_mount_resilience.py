@@ -194,12 +194,14 @@ def test_the_daemon_survives_crafted_manifests(
     db = sqlite3.connect(crafted)
     with db:
         db.execute(
-            "INSERT INTO entries VALUES (100, 1, 'a/b', 'f', 420, 5, 'xxh128:' || ?, NULL)",
+            "INSERT INTO entries VALUES (100, 1, 'a/b', 'f', 420, 5, 'xxh128:' || ?, NULL, NULL)",
             ("0" * 32,),
         )
-        db.execute("INSERT INTO entries VALUES (101, 1, 'weird', 'x', 'rwx', -1, NULL, NULL)")
-        db.execute("INSERT INTO entries VALUES (102, 1, 'nodigest', 'f', 420, 3, 'md5:1', NULL)")
-        db.execute("INSERT INTO entries VALUES (103, 1, 'ok2.txt', 'f', 420, 2, NULL, NULL)")
+        db.execute("INSERT INTO entries VALUES (101, 1, 'weird', 'x', 'rwx', -1, NULL, NULL, NULL)")
+        db.execute(
+            "INSERT INTO entries VALUES (102, 1, 'nodigest', 'f', 420, 3, 'md5:1', NULL, NULL)"
+        )
+        db.execute("INSERT INTO entries VALUES (103, 1, 'ok2.txt', 'f', 420, 2, NULL, NULL, NULL)")
     db.close()
     _fake_version(api, crafted, "crafted")
     # v3: a record whose manifest is not in the store.

@@ -309,6 +309,10 @@ class CloudStore(ObjectStore):
             self.max_concurrency = max(1, int(settings["max_concurrency"]))
         except (TypeError, ValueError) as e:
             raise StoreError(f"bad object store option: {e}") from None
+        # One request may not outlast the whole operation's deadline, retries
+        # included: a hung store fails a syscall within ``timeout``.
+        request_timeout = min(request_timeout, self.timeout)
+        connect_timeout = min(connect_timeout, self.timeout)
 
         store_config = {k: _option_text(v) for k, v in opts.items()}
         self.service = _SERVICES.get(scheme, _SERVICES["az"])

@@ -145,7 +145,8 @@ def commit_tree(
         )
         with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
             manifest_file = Path(tmp) / "manifest.sqlite"
-            builder.write(manifest_file)
+            # A full cache disk evicts least recently used blobs before it fails.
+            repo.cache.writing(lambda: builder.write(manifest_file))
             manifest_digest, _ = digest_file(manifest_file)
             repo.cache.add_file(manifest_digest, manifest_file)
             # Already there (another commit of the same tree) is as good as
