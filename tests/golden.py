@@ -22,6 +22,8 @@ from typing import Any
 ROOT = Path(__file__).parent / "data" / "golden"
 MTIME_NS = 1_700_000_000_123_456_789
 _TIME_KEYS = {"created", "start", "end", "deleted_at", "expires"}
+# Fields that say where and by whom the script ran, not what the format is.
+_MACHINE_KEYS = {"host", "user", "cwd", "git_commit"}
 _RUN_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
 
 
@@ -109,7 +111,11 @@ def normalized(store: Path) -> dict[str, Any]:
     def scrub(obj: Any) -> Any:
         if isinstance(obj, dict):
             return {
-                k: ("TIME" if k in _TIME_KEYS and obj[k] is not None else scrub(v))
+                k: "TIME"
+                if k in _TIME_KEYS and v is not None
+                else "MACHINE"
+                if k in _MACHINE_KEYS
+                else scrub(v)
                 for k, v in obj.items()
             }
         if isinstance(obj, list):
