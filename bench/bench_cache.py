@@ -105,7 +105,7 @@ def reads(base: Path, api: Api, env: dict[str, str], size: int, code: Path | Non
                     t = read_file(p)
                     best[name] = min(best.get(name, t), t)
         print(f"-- {mode}")
-        report("now (stamp checked after every read)", best["now"], nbytes=size)
+        report("now (stamp checked on open, then every 0.2 s)", best["now"], nbytes=size)
         if BASE_COMMIT in best:
             report(
                 f"before ({BASE_COMMIT})",
