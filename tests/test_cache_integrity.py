@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
+from artfs.cache.readers import CHECK_INTERVAL
 from artfs.repo.layout import blob_key
 from tests.mounting import mounted
 from tests.trees import make_tree, read_tree
@@ -180,6 +181,7 @@ def test_an_open_file_whose_cache_entry_is_damaged_fails_its_read(
     with open(f, "rb") as fh:
         assert fh.read(4096) == data[:4096]
         _damage(api.repo.cache.path(digest), offset=MiB + 5)
+        time.sleep(CHECK_INTERVAL * 1.5)  # an open reader checks its stamp this often
         _drop_page_cache(f)
         fh.seek(0)
         try:
@@ -210,8 +212,10 @@ def test_a_lazy_reader_checks_the_verified_blob_it_ends_up_reading(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         os.link(cache.path(digest), tmp_path / "linked")  # moves ctime only: still good
+        time.sleep(CHECK_INTERVAL * 1.5)
         assert reader.read(MiB, 100) == data[MiB : MiB + 100]
         _damage(cache.path(digest), offset=MiB + 10)
+        time.sleep(CHECK_INTERVAL * 1.5)
         with pytest.raises(BlobError):
             reader.read(MiB, 100)
     finally:

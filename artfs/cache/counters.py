@@ -14,9 +14,17 @@ import json
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 FLUSH_SECONDS = 2.0
+_live: weakref.WeakSet[Counters] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for counters in list(_live):
+        counters.flush()
 
 
 class Counters:
@@ -25,7 +33,7 @@ class Counters:
         self._lock = threading.Lock()
         self._hits = self._misses = 0
         self._flushed_at = time.monotonic()
-        atexit.register(self.flush)
+        _live.add(self)
 
     def hit(self) -> None:
         with self._lock:

@@ -31,10 +31,12 @@ import fcntl
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from artfs.cache.readers import CHECK_INTERVAL
 from artfs.cache.verify import BlobError, Stamp
 from artfs.objects import NotFound, StoreError
 
@@ -328,6 +330,7 @@ class LazyBlobReader:
         self._window = 0  # readahead, in parts
         self._lock = threading.Lock()
         self._closed = False
+        self._checked = 0.0
 
     def read(self, offset: int, length: int) -> bytes:
         p = self._p
@@ -351,9 +354,13 @@ class LazyBlobReader:
             p.prefetch(range(last + 1, last + 1 + window))
         p.ensure_range(first, last)
         data = os.pread(p.fd, end - offset, offset)
-        if p.stamp is not None and Stamp.of_fd(p.fd) != p.stamp:
+        now = time.monotonic()
+        if p.stamp is None or now - self._checked < CHECK_INTERVAL:
+            return data
+        if Stamp.of_fd(p.fd) != p.stamp:
             p.recheck()  # a verified blob changed under its reader: hash it again
             data = os.pread(p.fd, end - offset, offset)
+        self._checked = now  # only once a check passed
         return data
 
     def idle(self) -> bool:

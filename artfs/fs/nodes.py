@@ -711,7 +711,7 @@ class InodeTable:
         self._weak: weakref.WeakValueDictionary[int, Node] = weakref.WeakValueDictionary()
         self._weak_by_key: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
         self._keys: dict[int, tuple] = {}
-        self._finalized: set[int] = set()
+        self._forgotten = 0
         self._next_inode = ROOT_INODE + 1
         self._trees: list[VersionTree | None] = [None]
         self._tree_index: dict[tuple[str, str, int], int] = {}
@@ -762,13 +762,13 @@ class InodeTable:
             if key is not None and self._by_key.get(key) is node:
                 del self._by_key[key]
                 self._weak_by_key[key] = node
-            if inode not in self._finalized:
-                self._finalized.add(inode)
-                weakref.finalize(node, self._gone, inode)
-
-    def _gone(self, inode: int) -> None:
-        self._keys.pop(inode, None)
-        self._finalized.discard(inode)
+            self._forgotten += 1
+            if self._forgotten >= max(1024, len(self._keys) // 2):
+                # Drop the keys of nodes that are gone (amortized: no finalizer per node).
+                self._forgotten = 0
+                self._keys = {
+                    i: k for i, k in self._keys.items() if i in self._nodes or i in self._weak
+                }
 
     def size(self) -> int:
         """Nodes held strongly (for tests and stats)."""
