@@ -46,7 +46,7 @@ from artfs.api import Api
 from artfs.repo import layout
 from bench.common import base_parser, drop_caches, human, make_tree, parse_size, report, workdir
 from tests.azureserver import start_azurite
-from tests.gcsserver import start_gcs, stop_process
+from tests.gcsserver import start_gcs, stop_gcs, stop_process
 from tests.mounting import mounted
 from tests.s3server import start_seaweedfs, stop_seaweedfs, store_ttfb_version
 
@@ -111,13 +111,8 @@ def start(service: str, base: Path, args) -> Target:
         return Target("S3", server, server.env(), lambda: stop_seaweedfs(proc), args.big)
     big = min(args.big, args.emulator_big)
     if service == "gs":
-        server, proc, front = start_gcs(base / "fake-gcs")
-
-        def stop_gcs() -> None:
-            front.close()
-            stop_process(proc)
-
-        return Target("GCS", server, server.env(), stop_gcs, big)
+        server, procs = start_gcs(base / "fake-gcs")
+        return Target("GCS", server, server.env(), lambda: stop_gcs(procs), big)
     if service == "az":
         server, proc = start_azurite(base / "azurite", in_memory=False)
         return Target("Azure", server, server.env(), lambda: stop_process(proc), big)

@@ -22,6 +22,11 @@ never by the front. The front forwards the condition header it is given and
 nothing else, so a proxy that strips ``x-goog-if-generation-match`` in front
 of it makes a store that ignores conditions, as the probe must refuse.
 
+The front runs as a process of its own, like the emulators: a server thread
+inside the test process would stall whenever a test holds the GIL in a call
+that waits on the mount (safetensors' ``safe_open`` does), and the daemon
+would wait on it in turn.
+
 ``gcsserver`` starts both once per session on free ports, creates the bucket,
 and points artfs at them the usual way: ``GOOGLE_SERVICE_ACCOUNT`` names a
 service-account file whose ``gcs_base_url`` is the front and whose
@@ -36,7 +41,9 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -51,6 +58,7 @@ import pytest
 from tests.s3server import free_port
 
 BUCKET = "artfs"
+REPO = Path(__file__).resolve().parent.parent
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
@@ -76,7 +84,6 @@ class GcsServer:
     pid: int
     data_dir: Path
     service_account: Path
-    front: GcsFront
     bucket: str = BUCKET
 
     @property
@@ -98,6 +105,14 @@ class GcsServer:
     def env(self) -> dict[str, str]:
         return {"GOOGLE_SERVICE_ACCOUNT": str(self.service_account)}
 
+    @property
+    def auth_log(self) -> Path:
+        """The Authorization headers the front saw, one a line (the emulator ignores them)."""
+        return self.data_dir / "authorizations.log"
+
+    def authorizations(self) -> list[str]:
+        return self.auth_log.read_text().splitlines() if self.auth_log.exists() else []
+
 
 # -- the XML-API front --------------------------------------------------------
 
@@ -105,19 +120,17 @@ class GcsServer:
 class GcsFront:
     """An HTTP server on 127.0.0.1 that forwards to fake-gcs-server (see above)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, port: int = 0, auth_log: Path | None = None) -> None:
         self.upstream_port = upstream_port
         self.uploads: dict[str, dict] = {}  # multipart upload id -> name, metadata, parts
-        self.authorizations: list[
-            str
-        ] = []  # Authorization headers seen (the emulator ignores them)
+        self.auth_log = auth_log  # where Authorization headers go (the emulator ignores them)
         self.lock = threading.Lock()
         front = self
 
         class Handler(_FrontHandler):
             server_front = front
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -179,9 +192,10 @@ class _FrontHandler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
-        if auth := self.headers.get("Authorization"):
-            with self.server_front.lock:
-                self.server_front.authorizations.append(auth)
+        front = self.server_front
+        if front.auth_log is not None and (auth := self.headers.get("Authorization")):
+            with front.lock, open(front.auth_log, "a") as f:
+                f.write(auth + "\n")
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
             out = bytearray()
             while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
@@ -324,41 +338,38 @@ class _FrontHandler(BaseHTTPRequestHandler):
 # -- processes ----------------------------------------------------------------
 
 
-def start_gcs(
-    data_dir: Path, *, timeout: float = 60
-) -> tuple[GcsServer, subprocess.Popen, GcsFront]:
-    """fake-gcs-server (in memory) and its front on free loopback ports, bucket made."""
+def start_gcs(data_dir: Path, *, timeout: float = 60) -> tuple[GcsServer, list[subprocess.Popen]]:
+    """fake-gcs-server (in memory) and its front on free loopback ports, bucket made.
+    Stop both with ``stop_gcs``."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = open(data_dir / "fake-gcs.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        [
-            str(fake_gcs_binary()),
-            "-scheme=http",
-            "-host=127.0.0.1",
-            f"-port={port}",
-            "-backend=memory",
-            f"-public-host=127.0.0.1:{port}",
-            f"-external-url=http://127.0.0.1:{port}",
-            "-log-level=warn",
-        ],
-        cwd=data_dir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log.close()
-    front = None
+    port, front_port = free_port(), free_port()
+    procs = [
+        _spawn(
+            [
+                str(fake_gcs_binary()),
+                "-scheme=http",
+                "-host=127.0.0.1",
+                f"-port={port}",
+                "-backend=memory",
+                f"-public-host=127.0.0.1:{port}",
+                f"-external-url=http://127.0.0.1:{port}",
+                "-log-level=warn",
+            ],
+            data_dir,
+            "fake-gcs.log",
+        )
+    ]
+    server = GcsServer(front_port, port, procs[0].pid, data_dir, data_dir / "service-account.json")
     try:
-        _wait_and_make_bucket(port, proc, data_dir, timeout)
-        front = GcsFront(port)
-        account = data_dir / "service-account.json"
+        _wait_and_make_bucket(port, procs[0], data_dir, timeout)
+        front = [sys.executable, "-m", "tests.gcsserver", str(port), str(front_port)]
+        procs.append(_spawn([*front, str(server.auth_log)], data_dir, "front.log"))
+        _wait_for_port(front_port, procs[1], data_dir / "front.log", timeout)
         # obstore's documented way to reach an emulator: no OAuth, a base URL.
-        account.write_text(
+        server.service_account.write_text(
             json.dumps(
                 {
-                    "gcs_base_url": f"http://127.0.0.1:{front.port}",
+                    "gcs_base_url": server.endpoint,
                     "disable_oauth": True,
                     "client_email": "",
                     "private_key": "",
@@ -367,11 +378,39 @@ def start_gcs(
             )
         )
     except BaseException:
-        if front is not None:
-            front.close()
-        stop_process(proc)
+        stop_gcs(procs)
         raise
-    return GcsServer(front.port, port, proc.pid, data_dir, account, front), proc, front
+    return server, procs
+
+
+def stop_gcs(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        stop_process(proc)
+
+
+def _spawn(args: list[str], data_dir: Path, log_name: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(data_dir / log_name, "wb") as log:
+        return subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"GCS front exited with {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"GCS front on port {port} not ready in {timeout}s")
 
 
 def _wait_and_make_bucket(port: int, proc: subprocess.Popen, data_dir: Path, timeout: float):
@@ -429,16 +468,29 @@ def exported(env: dict[str, str]):
 
 @pytest.fixture(scope="session")
 def gcsserver(tmp_path_factory: pytest.TempPathFactory):
-    server, proc, front = start_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    server, procs = start_gcs(tmp_path_factory.mktemp("fake-gcs"))
     try:
         with exported(server.env()):
             yield server
     finally:
-        front.close()
-        stop_process(proc)
+        stop_gcs(procs)
 
 
 @pytest.fixture
 def gcs_url(gcsserver: GcsServer) -> str:
     """A fresh, empty store for this test: its own prefix in the session's bucket."""
     return gcsserver.url()
+
+
+def main() -> None:
+    """``python -m tests.gcsserver UPSTREAM_PORT PORT AUTH_LOG``: the front, until SIGTERM."""
+    upstream, port, auth_log = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    front = GcsFront(upstream, port, auth_log)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    front.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -177,11 +177,10 @@ def test_gcs_configured_by_the_config_file_or_application_credentials(
     )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
     monkeypatch.setenv("GOOGLE_BASE_URL", gcsserver.endpoint)
-    gcsserver.front.authorizations.clear()
     store = CloudStore(url)
     assert store.get("k") == b"from the config file"
     store.put("k2", b"signed", if_absent=True)
-    token = gcsserver.front.authorizations[-1].removeprefix("Bearer ")
+    token = gcsserver.authorizations()[-1].removeprefix("Bearer ")
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert claims["iss"] == email
     # Plain http only to loopback: Google itself, or any other host, needs https.
