@@ -90,6 +90,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         assert_store_consistent(url, tmp_path / "check-cache")
 
 
+@pytest.fixture(autouse=True)
+def _check_s3_store_after(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """The same check for a test that takes ``s3_url`` without ``store_url``."""
+    names = request.fixturenames
+    # Asked for here, so that it is torn down after this check.
+    url = request.getfixturevalue("s3_url") if "s3_url" in names else None
+    yield
+    if url is None or "store_url" in names:
+        return
+    call = getattr(request.node, "rep_call", None)
+    if call is None or not call.passed:
+        return
+    if request.node.get_closest_marker("store_left_inconsistent") is None:
+        assert_store_consistent(url, tmp_path / "check-cache")
+
+
 def assert_store_consistent(url: str, cache: Path) -> None:
     """``artfs check`` (in-process, without --read-data) of the store at ``url``."""
     from artfs.objects import open_store

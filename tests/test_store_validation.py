@@ -213,3 +213,25 @@ def test_nan_metadata_and_bad_descriptions_are_refused_at_input(
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr
     v = api.repo.version("proj", "ds", 0)
     assert (v.metadata, v.description) == ({"loss": 0.5}, "ok")
+
+
+def test_nan_metadata_through_staging_fails_the_commit(
+    store_url: str, tmp_path: Path, artfs_env: dict[str, str], api: Api
+) -> None:
+    env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
+    with mounted(
+        tmp_path / "mnt",
+        store_url=store_url,
+        cache_dir=tmp_path / "mc",
+        state_dir=tmp_path / "state",
+        env=env,
+    ) as m:
+        os.makedirs(m.path / "proj/ds")
+        staging = m.path / "proj/ds/staging"
+        (staging / "a").write_text("x")
+        (staging / ".metadata.json").write_text('{"loss": NaN}')
+        r = subprocess.run(["touch", str(staging / ".commit")], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert "metadata" in (staging / ".status").read_text()
+        assert (staging / "a").read_text() == "x"  # staging as it was
+    assert not api.repo.store.list(layout.versions_prefix("proj", "ds")).objects

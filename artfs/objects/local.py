@@ -429,7 +429,10 @@ class LocalStore(ObjectStore):
             if entry.is_dir(follow_symlinks=False):
                 listing.prefixes.append(f"{prefix}{entry.name}/")
             elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the directory was read (a released lock)
                 listing.objects.append(
                     ObjectInfo(f"{prefix}{entry.name}", st.st_size, _etag(st), st.st_mtime)
                 )
@@ -451,7 +454,10 @@ class LocalStore(ObjectStore):
                     if entry.is_dir(follow_symlinks=False):
                         stack.append((Path(entry.path), f"{p}{entry.name}/"))
                     elif entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # deleted since the directory was read
                         yield ObjectInfo(f"{p}{entry.name}", st.st_size, _etag(st), st.st_mtime)
 
     def exists(self, key: str) -> bool:

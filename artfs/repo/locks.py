@@ -96,12 +96,24 @@ def _read_text(path: str) -> str:
         return ""
 
 
+_DEAD = "dead"
+
+
 def _pid_start(pid: int) -> str:
-    """The start time of process ``pid`` in clock ticks since boot ('' if gone)."""
+    """The start time of process ``pid`` in clock ticks since boot; ``_DEAD`` if
+    it is gone or a zombie; '' if this process may not see it (hidepid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return _DEAD
+    except PermissionError:
+        pass  # it exists, and is someone else's
     text = _read_text(f"/proc/{pid}/stat")
     fields = text.rpartition(")")[2].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
+    if len(fields) < 20:
         return ""
+    if fields[0] in ("Z", "X"):
+        return _DEAD
     return fields[19]
 
 
@@ -144,7 +156,9 @@ class LockInfo:
         pid = h.get("pid")
         if not isinstance(pid, int) or pid <= 0:
             return False
-        return _pid_start(pid) != h.get("pid_start")
+        start = _pid_start(pid)
+        # Gone, or the pid now names another process; unknown ('') is alive.
+        return start == _DEAD or (start != "" and start != h.get("pid_start"))
 
     def stale(self, now: float | None = None) -> bool:
         return (now if now is not None else time.time()) > self.expires or self.holder_dead()

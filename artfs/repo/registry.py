@@ -19,6 +19,7 @@ from typing import Any
 
 from artfs import names
 from artfs.cache import BlobCache
+from artfs.hooks import pause_point
 from artfs.manifest import Manifest
 from artfs.objects import NotFound, ObjectStore, PreconditionFailed
 from artfs.repo import layout
@@ -284,10 +285,14 @@ class Repo:
         (a commit killed between its record and the alias move leaves it behind).
 
         Returns (old target, new target) if it changed something, else None.
+        The alias is read before the versions: a commit that moves it after
+        our read makes our compare-and-swap fail, and one that moved it
+        before wrote its record before, so we count its version.
         """
         key = layout.alias_key(project, artifact, "latest")
+        first: int | None = None
+        changed = False
         while True:
-            highest = self.highest_live_version(project, artifact)
             try:
                 rec, etag = self._read_json(key)
                 current = rec.get("version")
@@ -295,11 +300,19 @@ class Repo:
                 rec, etag, current = None, None, None
             except CorruptRecord:
                 rec, etag, current = {}, self.store.head(key).etag, None
+            if not isinstance(current, int):
+                current = None
+            if not changed:
+                first = current
+            pause_point("REPAIR_LATEST")
+            highest = self.highest_live_version(project, artifact)
             want = highest.number if highest is not None else None
-            if current == want and (rec is None or isinstance(current, int)):
-                return None
+            if current == want and (rec is None) == (want is None):
+                return (first, want) if changed else None
             try:
                 if want is None:
+                    # No conditional delete: look again afterwards, in case a
+                    # commit moved latest meanwhile.
                     self.store.delete(key)
                 elif etag is None:
                     self.store.put(key, encode_record({"version": want}), if_absent=True)
@@ -307,7 +320,9 @@ class Repo:
                     self.store.put(key, encode_record({"version": want}), if_match=etag)
             except PreconditionFailed:
                 continue
-            return (current if isinstance(current, int) else None), want
+            changed = True
+            if want is not None:
+                return first, want
 
     def repair_every_latest(self) -> list[tuple[str, int | None, int | None]]:
         """``repair_latest`` for every artifact; returns (artifact, old, new) of each change."""
