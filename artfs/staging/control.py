@@ -126,7 +126,11 @@ class Controls:
     def read_control(self: StagingArea, name: str) -> str:
         if name == STATUS:
             return self.status()
-        return (self.control / name).read_text(errors="replace")
+        try:
+            return (self.control / name).read_bytes().decode()
+        except UnicodeDecodeError:
+            # A commit must not store text other than what was written.
+            raise StagingError(errno.EINVAL, f"bad {name}: not UTF-8 text") from None
 
     def _write_control(self: StagingArea, h: StagedFile, offset: int, data: bytes) -> int:
         assert h.fd is not None and h.control is not None
