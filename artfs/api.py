@@ -35,6 +35,7 @@ from artfs.repo import (
     RepoError,
     Version,
     commit_tree,
+    drafts,
     hash_files,
     runs,
 )
@@ -601,6 +602,91 @@ class Api:
         if ttl is not None and result.created:
             result = dataclasses.replace(result, version=self.repo.set_ttl(result.version, ttl))
         return result
+
+    # -- shared drafts (many writers, one version) --------------------------
+
+    def _artifact_ref(self, name: str, project: str | None = None) -> names.Ref:
+        if "/" in name:
+            ref = names.Ref.parse(name)
+        else:
+            ref = self._ref(name if project is None else f"{project}/{name}")
+        if ref.selector:
+            raise names.BadName(f"bad artifact name {name!r}: a draft takes project/artifact")
+        return ref
+
+    def upsert_artifact(
+        self, artifact: Artifact, group: str, project: str | None = None
+    ) -> drafts.Draft:
+        """Add ``artifact``'s files to the shared draft ``group`` (as wandb's
+        ``upsert_artifact(distributed_id=...)``): opened if need be, this
+        call's files recorded in a part of their own, durable on return."""
+        ref = self._artifact_ref(artifact.name, project)
+        drafts.open_draft(
+            self.repo,
+            ref.project,
+            ref.artifact,
+            group,
+            type=artifact.type,
+            description=artifact.description,
+            metadata=artifact.metadata,
+        )
+        builder, sources = artifact._build()
+        entries = drafts.builder_entries(builder)
+        if not entries:
+            raise RepoError(f"nothing to upsert: {artifact.name} has no files")
+        writer = drafts.PartWriter(self.repo, ref.project, ref.artifact, group)
+        writer.add(entries, sources)
+        return drafts.get_draft(self.repo, ref.project, ref.artifact, group)
+
+    def put_draft(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        name: str,
+        group: str,
+        *,
+        type: str | None = None,
+    ) -> drafts.Draft:
+        """``artfs put PATH... --draft GROUP``: files into a part of the draft."""
+        ref = self._artifact_ref(name)
+        drafts.open_draft(self.repo, ref.project, ref.artifact, group, type=type)
+        builder, files = build_tree(paths)
+        sources = hash_files(files, builder)
+        entries = drafts.builder_entries(builder)
+        if not entries:
+            raise RepoError("nothing to put: no files")
+        drafts.PartWriter(self.repo, ref.project, ref.artifact, group).add(entries, sources)
+        return drafts.get_draft(self.repo, ref.project, ref.artifact, group)
+
+    def finish_artifact(
+        self,
+        name: str | Artifact,
+        group: str,
+        aliases: Iterable[str] = (),
+        project: str | None = None,
+        logged_by: str | None = None,
+    ) -> ArtifactVersion:
+        """Merge every part of the draft ``group`` into the next version and
+        close the draft (as wandb's ``finish_artifact``). Fails naming the
+        paths two writers wrote differently; then nothing is committed."""
+        ref = self._artifact_ref(name.name if isinstance(name, Artifact) else name, project)
+        result = drafts.finish_draft(
+            self.repo,
+            ref.project,
+            ref.artifact,
+            group,
+            aliases=[a for a in aliases if a != "latest"],
+            logged_by=logged_by or runs.active_run_id(self.repo),
+        )
+        return self._wrap(result.version)
+
+    def list_drafts(self, name: str) -> list[drafts.Draft]:
+        """The drafts of ``project/artifact``."""
+        ref = self._artifact_ref(name)
+        return drafts.list_drafts(self.repo, ref.project, ref.artifact)
+
+    def abort_draft(self, name: str, group: str) -> drafts.Draft:
+        ref = self._artifact_ref(name)
+        return drafts.abort_draft(self.repo, ref.project, ref.artifact, group)
 
     def delete_artifact(self, name: str) -> list[Version]:
         """Delete every version of an artifact, its aliases and the artifact."""
