@@ -285,17 +285,22 @@ def _draft_from(
     return d
 
 
-def get_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
-    """The draft, with its part and file counts; NotFoundError if there is none."""
+def _draft_head(repo: Repo, project: str, artifact: str, group: str) -> Draft:
+    """The draft's record and state, without its parts; NotFoundError if none."""
     _check(project, artifact, group)
     rec = _read(repo, layout.draft_key(project, artifact, group))
     if rec is None:
         raise NotFoundError(f"no draft {group} of {project}/{artifact}")
     closed = _read(repo, layout.draft_closed_key(project, artifact, group))
-    d = _draft_from(project, artifact, group, rec, closed)
+    return _draft_from(project, artifact, group, rec, closed)
+
+
+def get_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
+    """The draft, with its part and file counts; NotFoundError if there is none."""
+    d = _draft_head(repo, project, artifact, group)
     objects = repo.store.list(layout.draft_prefix(project, artifact, group), delimiter=False)
     d.updated = max((o.mtime for o in objects.objects), default=d.created)
-    parts = read_parts(repo, project, artifact, group)
+    parts = read_parts(repo, project, artifact, group, strict=False)
     d.parts = len(parts)
     d.files = len({p for _, entries in parts.values() for p in entries})
     return d
@@ -318,9 +323,12 @@ def list_drafts(repo: Repo, project: str, artifact: str) -> list[Draft]:
 
 
 def read_parts(
-    repo: Repo, project: str, artifact: str, group: str
+    repo: Repo, project: str, artifact: str, group: str, *, strict: bool = True
 ) -> dict[str, tuple[str, dict[str, PartEntry]]]:
-    """writer -> (etag, entries) of every part (head before get: see F2)."""
+    """writer -> (etag, entries) of every part (head before get: see F2).
+
+    A corrupt part raises ``CorruptRecord``; with ``strict=False`` (listings)
+    it is left out with a warning."""
     out = {}
     prefix = layout.draft_parts_prefix(project, artifact, group)
     for obj in repo.store.list(prefix).objects:
@@ -332,7 +340,12 @@ def read_parts(
             data = repo.store.get(obj.key)
         except NotFound:
             continue  # aborted meanwhile
-        out[writer] = (etag, parse_part(obj.key, data))
+        try:
+            out[writer] = (etag, parse_part(obj.key, data))
+        except CorruptRecord as e:
+            if strict:
+                raise
+            log.warning("%s", e)
     return out
 
 
@@ -396,6 +409,7 @@ class PartWriter:
                 {
                     "format": PART_FORMAT,
                     "writer": self.writer,
+                    "updated": time.time(),
                     "files": {p: e.to_json() for p, e in sorted(entries.items())},
                 }
             )
@@ -528,7 +542,7 @@ def finish_draft(
     On conflicting paths raises ``DraftConflict`` naming them; then nothing
     is committed and the draft stays open as it was.
     """
-    draft = get_draft(repo, project, artifact, group)  # NotFoundError if none
+    draft = _draft_head(repo, project, artifact, group)  # NotFoundError if none
     where = f"{group} of {project}/{artifact}"
     key = layout.draft_closed_key(project, artifact, group)
     marker = _take_marker(repo, key, where)
@@ -579,7 +593,7 @@ def finish_draft(
 
 def abort_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
     """Discard an open draft: its objects go, its blobs are gc's."""
-    draft = get_draft(repo, project, artifact, group)
+    draft = _draft_head(repo, project, artifact, group)
     if draft.state == "finishing":
         raise RepoError(f"draft {group} of {project}/{artifact} is being finished")
     remove_draft_objects(repo, project, artifact, group)
@@ -612,13 +626,26 @@ def all_draft_groups(
     return out
 
 
+def _written_at(repo: Repo, obj: ObjectInfo) -> float:
+    """When a draft object was last written: the time its writer recorded in
+    it, bounded by the store's (a record claiming the future cannot keep an
+    abandoned draft forever), else the store's."""
+    try:
+        rec = _parse(obj.key, repo.store.get(obj.key))
+    except (NotFound, CorruptRecord):
+        return obj.mtime
+    times = [rec.get(k) for k in ("updated", "created", "started", "closed")]
+    valid = [float(t) for t in times if isinstance(t, int | float) and math.isfinite(t)]
+    return min(max(valid), obj.mtime) if valid else obj.mtime
+
+
 def draft_activity(repo: Repo, project: str, artifact: str, group: str) -> tuple[float, str]:
     """(newest object time, state) of a draft directory, for gc; state
     ``empty`` for a directory a local store kept after its objects went."""
     objects = repo.store.list(layout.draft_prefix(project, artifact, group), delimiter=False)
     if not objects.objects:
         return 0.0, "empty"
-    newest = max(o.mtime for o in objects.objects)
+    newest = max(_written_at(repo, o) for o in objects.objects)
     closed = _read(repo, layout.draft_closed_key(project, artifact, group))
     head = repo.store.exists(layout.draft_key(project, artifact, group))
     if closed is not None:
