@@ -430,6 +430,31 @@ class PartWriter:
             pause_point("DRAFT_AFTER_PART")
             self._confirm(etag)
 
+    def remove(self, path: str) -> None:
+        """Take ``path`` out of this writer's part (an open draft only)."""
+        d = (self.project, self.artifact, self.group)
+        with self._lock:
+            self._load()
+            entries = dict(self._entries or {})
+            if entries.pop(path, None) is None:
+                return
+            if self.repo.store.exists(layout.draft_closed_key(*d)):
+                raise DraftClosed(f"draft {self.group} of {d[0]}/{d[1]} is closed")
+            body = encode_record(
+                {
+                    "format": PART_FORMAT,
+                    "writer": self.writer,
+                    "updated": time.time(),
+                    "files": {p: e.to_json() for p, e in sorted(entries.items())},
+                }
+            )
+            try:
+                etag = self.repo.store.put(self.key, body, if_match=self._etag)
+            except PreconditionFailed:
+                self._entries = None
+                raise DraftClosed(f"draft {self.group}: this writer's part changed") from None
+            self._entries, self._etag = entries, etag
+
     def _confirm(self, etag: str) -> None:
         """W4: the part just written is in the draft, or the write fails."""
         key = layout.draft_closed_key(self.project, self.artifact, self.group)
