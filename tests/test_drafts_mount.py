@@ -150,3 +150,25 @@ def test_a_file_still_open_when_the_daemon_dies_is_not_in_the_version(
     assert _files(api.artifact("proj/ds:v0").download(tmp_path / "out")) == {
         "done.txt": b"complete"
     }
+
+
+def test_control_files_set_on_one_machine_go_into_the_version_finished_on_another(
+    mount, store_url: str, tmp_path: Path
+) -> None:
+    api = Api(store=store_url, cache=str(tmp_path / "api-cache"))
+    m1, m2 = mount("a"), mount("b")
+    g1 = m1.path / "proj/ds/drafts/g"
+    os.makedirs(g1)
+    (g1 / "data.txt").write_text("d")
+    (g1 / ".description").write_text("built by many")
+    (g1 / ".metadata.json").write_text('{"shards": 2}')
+    (g1 / ".aliases").write_text("best\nprod\n")
+    with pytest.raises(OSError) as e:
+        (g1 / ".metadata.json").write_text("{not json")
+    assert e.value.errno == errno.EINVAL
+    g2 = m2.path / "proj/ds/drafts/g"
+    assert (g2 / ".metadata.json").read_text().replace(" ", "").strip() == '{\n"shards":2\n}'
+    assert _touch(g2 / ".commit").returncode == 0
+    v = api.artifact("proj/ds:prod")
+    assert (v.version, v.description, v.metadata) == ("v0", "built by many", {"shards": 2})
+    assert api.repo.aliases("proj", "ds") == {"best": 0, "prod": 0, "latest": 0}

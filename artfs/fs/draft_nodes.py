@@ -8,6 +8,9 @@
   draft. One part per daemon: its writer id is kept in the state directory.
 - A listing is the union of every part (and this daemon's open files),
   re-read after the mount's listing TTL.
+- ``.description``, ``.metadata.json`` and ``.aliases`` (one a line) are
+  kept in the draft's record in the store, so any machine may set them and
+  any may finish; a bad one fails the ``close`` (EINVAL).
 - ``touch .commit`` finishes the draft; two writers' different contents
   under one path give EEXIST, the paths in ``.status``. Neither control
   file is listed.
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -51,6 +55,8 @@ from artfs.staging.errors import error_errno
 log = logging.getLogger("artfs.fs.drafts")
 
 COMMIT, STATUS = ".commit", ".status"
+DESCRIPTION, METADATA, ALIASES = ".description", ".metadata.json", ".aliases"
+CONTROL = (COMMIT, STATUS, DESCRIPTION, METADATA, ALIASES)
 _WRITE_FLAGS = os.O_ACCMODE | os.O_TRUNC | os.O_APPEND
 
 
@@ -235,7 +241,7 @@ class DraftDirNode(Node):
         return self.table.intern(("draft-file", *self.key, path), DraftFileNode, self, path)
 
     def lookup(self, name: str) -> Node | None:
-        if not self.prefix and name in (COMMIT, STATUS):
+        if not self.prefix and name in CONTROL:
             return self.table.intern(("draft-ctl", *self.key, name), DraftControlNode, self, name)
         return self.children().get(name)
 
@@ -460,7 +466,34 @@ class DraftControlNode(Node):
     def _text(self) -> bytes:
         if self.name == COMMIT:
             return b""
-        return self.group.side.status.get(self.group.key, "not finished yet\n").encode()
+        if self.name == STATUS:
+            return self.group.side.status.get(self.group.key, "not finished yet\n").encode()
+        with reasons(f"read {self.describe()}"):
+            d = drafts.get_draft(self.ctx.repo, *self.group.key)
+        if self.name == DESCRIPTION:
+            return d.description.encode()
+        if self.name == ALIASES:
+            return "".join(f"{a}\n" for a in d.aliases).encode()
+        return (json.dumps(d.metadata, indent=1, sort_keys=True) + "\n").encode()
+
+    def describe(self) -> str:
+        return f"{self.group.describe()}/{self.name}"
+
+    def save(self, data: bytes) -> None:
+        """A changed ``.description``, ``.metadata.json`` or ``.aliases``, into the draft."""
+        with reasons(f"write {self.describe()}"):
+            text = data.decode("utf-8")
+            change: dict[str, Any] = {}
+            if self.name == DESCRIPTION:
+                change["description"] = text
+            elif self.name == ALIASES:
+                change["aliases"] = [line.strip() for line in text.splitlines() if line.strip()]
+            else:
+                try:
+                    change["metadata"] = json.loads(text) if text.strip() else {}
+                except ValueError as e:
+                    raise StagingError(errno.EINVAL, f"bad JSON in .metadata.json: {e}") from None
+            drafts.update_draft(self.ctx.repo, *self.group.key, **change)
 
     def attr(self) -> pyfuse3.EntryAttributes:
         return make_attr(
@@ -480,12 +513,21 @@ class DraftControlNode(Node):
             handle = _TextHandle(self._text())
             handle.direct_io = True
             return handle
+        if self.name != COMMIT:
+            initial = b"" if flags & os.O_TRUNC else self._text()
+            buffer = _BufferHandle(self, initial, dirty=bool(flags & os.O_TRUNC))
+            buffer.direct_io = True
+            return buffer
         handle = _CommitHandle(self.group)
         if flags & os.O_TRUNC:
             handle.finish_once()
         return handle
 
     def setattr(self, attr: Any, fields: Any, fh: Any, ctx: Any) -> pyfuse3.EntryAttributes:
+        if self.name in (DESCRIPTION, METADATA, ALIASES):
+            if fields.update_size:
+                self.save(self._text()[: attr.st_size])
+            return self.attr()
         if self.name != COMMIT:
             raise fuse_error(errno.EPERM)
         if fields.update_atime or fields.update_mtime or fields.update_size:
@@ -499,6 +541,30 @@ class _TextHandle(FileHandle):
 
     def read(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
+
+
+class _BufferHandle(FileHandle):
+    """An open control file: bytes in memory, saved into the draft on close."""
+
+    def __init__(self, node: DraftControlNode, data: bytes, dirty: bool) -> None:
+        self.node = node
+        self.data = bytearray(data)
+        self.dirty = dirty
+
+    def read(self, offset: int, length: int) -> bytes:
+        return bytes(self.data[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> int:
+        if offset > len(self.data):
+            self.data.extend(b"\0" * (offset - len(self.data)))
+        self.data[offset : offset + len(data)] = data
+        self.dirty = True
+        return len(data)
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            self.node.save(bytes(self.data))
 
 
 class _CommitHandle(FileHandle):

@@ -127,6 +127,7 @@ class Draft:
     type: str = "dataset"
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)  # set on the draft, for its version
     created: float = 0.0
     state: str = "open"  # open, finishing, closed
     version: int | None = None  # the version a closed draft made
@@ -275,6 +276,9 @@ def _draft_from(
         d.description = desc if isinstance(desc, str) else ""
         meta = rec.get("metadata")
         d.metadata = meta if isinstance(meta, dict) else {}
+        aliases = rec.get("aliases")
+        if isinstance(aliases, list):
+            d.aliases = [a for a in aliases if isinstance(a, str) and names.is_alias(a)]
         created = rec.get("created")
         if isinstance(created, int | float) and math.isfinite(created):
             d.created = float(created)
@@ -597,7 +601,7 @@ def finish_draft(
             type=draft.type,
             description=draft.description if description is None else description,
             metadata=draft.metadata if metadata is None else metadata,
-            aliases=aliases,
+            aliases=[*draft.aliases, *aliases],
             logged_by=logged_by,
             stored=frozenset(e.digest for e in merged.values()),
         )
@@ -614,6 +618,53 @@ def finish_draft(
     }
     repo.store.put(key, encode_record(closed), if_match=marker)
     return result
+
+
+def update_draft(
+    repo: Repo,
+    project: str,
+    artifact: str,
+    group: str,
+    *,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    aliases: Iterable[str] | None = None,
+) -> Draft:
+    """Change what the draft's version will carry (compare-and-swap on
+    ``draft.json``); an open draft only."""
+    if metadata is not None and not isinstance(metadata, dict):
+        raise RepoError("metadata must be a JSON object")
+    check_json_value(metadata, "metadata")
+    if description is not None and not isinstance(description, str):
+        raise RepoError("description must be a string")
+    check_json_value(description, "description")
+    alias_list = None
+    if aliases is not None:
+        alias_list = list(dict.fromkeys(a for a in aliases if a != "latest"))
+        for a in alias_list:
+            names.check_alias(a)
+    key = layout.draft_key(project, artifact, group)
+    for _ in range(20):
+        draft = _draft_head(repo, project, artifact, group)
+        if draft.state != "open":
+            raise DraftClosed(f"draft {group} of {project}/{artifact} is {_state_text(draft)}")
+        try:
+            etag = repo.store.head(key).etag
+            rec = _parse(key, repo.store.get(key))
+        except NotFound:
+            continue
+        if description is not None:
+            rec["description"] = description
+        if metadata is not None:
+            rec["metadata"] = metadata
+        if alias_list is not None:
+            rec["aliases"] = alias_list
+        try:
+            repo.store.put(key, encode_record(rec), if_match=etag)
+        except PreconditionFailed:
+            continue
+        return _draft_head(repo, project, artifact, group)
+    raise RepoError(f"draft {group} of {project}/{artifact}: too many changes at once, try again")
 
 
 def abort_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
