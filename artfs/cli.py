@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     draft = sub.add_parser("draft", help="shared drafts: many writers, one version")
-    draft_sub = draft.add_subparsers(dest="draft_command", required=True)
+    draft_sub = draft.add_subparsers(dest="draft_command", required=True, metavar="COMMAND")
     p = draft_sub.add_parser("ls", parents=[common], help="list the drafts of an artifact")
     p.set_defaults(func=cmd_draft_ls)
     p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")

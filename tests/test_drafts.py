@@ -322,3 +322,38 @@ def test_bad_group_names_are_one_line_errors(run_artfs, tmp_path: Path) -> None:
     out = run_artfs("draft", "finish", "proj/ds", "nothere", check=False)
     assert out.returncode == 2 and "no draft nothere" in out.stderr
     assert os.path.exists(src)
+
+
+def test_a_writer_adding_one_file_at_a_time_rewrites_bounded_segments(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A daemon records one file per close: its part grows in segments, so no
+    object is rewritten with its whole history; a rewritten path stays in
+    its segment (no conflict with itself), and the finish merges them all."""
+    from artfs.digest import digest_file
+    from artfs.repo.drafts import open_draft, read_parts
+
+    api = Api(store=store_url, cache=str(tmp_path / "cache"))
+    open_draft(api.repo, "proj", "ds", "g")
+    writer = PartWriter(api.repo, "proj", "ds", "g", writer="w1")
+    writer.SEGMENT_FILES = 4
+    expected = {}
+    for i in range(10):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(b"%d" % i)
+        digest, size = digest_file(f)
+        writer.add({f"f{i}": PartEntry(size, digest)}, {digest: f})
+        expected[f"f{i}"] = b"%d" % i
+    f = tmp_path / "again"
+    f.write_bytes(b"rewritten")
+    digest, size = digest_file(f)
+    writer.add({"f1": PartEntry(size, digest)}, {digest: f})  # f1 lives in segment 0
+    expected["f1"] = b"rewritten"
+    parts = read_parts(api.repo, "proj", "ds", "g")
+    assert sorted(parts) == ["w1", "w1.1", "w1.2"]
+    assert max(len(entries) for _e, entries in parts.values()) == 4
+    # A new writer object for the same id (a restarted daemon) carries on.
+    again = PartWriter(api.repo, "proj", "ds", "g", writer="w1")
+    assert set(again.entries()) == set(expected)
+    v = api.finish_artifact("proj/ds", group="g")
+    assert _files(v.download(tmp_path / "out")) == expected

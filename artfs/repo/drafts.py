@@ -359,8 +359,14 @@ def read_parts(
 class PartWriter:
     """One writer's part of one draft: add files, each call durable on return.
 
-    Thread-safe; a daemon keeps one per draft it writes to.
+    The part is a few objects, ``parts/<writer>.json`` then
+    ``parts/<writer>.<n>.json``: a new one starts once the newest holds
+    ``SEGMENT_FILES`` files, so a daemon recording one file per close
+    rewrites a bounded object, not its whole history. A path stays in the
+    segment that first named it. Thread-safe; a daemon keeps one per draft.
     """
+
+    SEGMENT_FILES = 256
 
     def __init__(
         self, repo: Repo, project: str, artifact: str, group: str, writer: str | None = None
@@ -370,24 +376,76 @@ class PartWriter:
         self.project, self.artifact, self.group = project, artifact, group
         self.writer = writer or new_writer_id()
         names.check_name(self.writer, "writer id")
-        self.key = layout.draft_part_key(project, artifact, group, self.writer)
+        if "." in self.writer:
+            raise names.BadName(f"bad writer id {self.writer!r}: no '.'")
         self._lock = threading.Lock()
-        self._entries: dict[str, PartEntry] | None = None
-        self._etag: str | None = None
+        # segment name -> (etag, entries); None until read from the store
+        self._segments: dict[str, tuple[str | None, dict[str, PartEntry]]] | None = None
 
-    def _load(self) -> None:
-        if self._entries is not None:
-            return
-        try:
-            self._etag = self.repo.store.head(self.key).etag
-            self._entries = parse_part(self.key, self.repo.store.get(self.key))
-        except NotFound:
-            self._etag, self._entries = None, {}
+    def _where(self) -> str:
+        return f"draft {self.group} of {self.project}/{self.artifact}"
+
+    def _segment_name(self, n: int) -> str:
+        return self.writer if n == 0 else f"{self.writer}.{n}"
+
+    def _load(self) -> dict[str, tuple[str | None, dict[str, PartEntry]]]:
+        if self._segments is None:
+            parts = read_parts(self.repo, self.project, self.artifact, self.group)
+            self._segments = {
+                name: (etag, entries)
+                for name, (etag, entries) in parts.items()
+                if name == self.writer or name.startswith(self.writer + ".")
+            }
+        return self._segments
 
     def entries(self) -> dict[str, PartEntry]:
         with self._lock:
-            self._load()
-            return dict(self._entries or {})
+            out: dict[str, PartEntry] = {}
+            for _etag, entries in self._load().values():
+                out.update(entries)
+            return out
+
+    def _plan(self, files: Mapping[str, PartEntry]) -> dict[str, dict[str, PartEntry]]:
+        """segment name -> its entries after adding ``files``."""
+        segments = self._load()
+        owner = {path: name for name, (_e, entries) in segments.items() for path in entries}
+        suffixes = [n[len(self.writer) + 1 :] for n in segments if n != self.writer]
+        numbers = [0] + [int(x) for x in suffixes if x.isdigit()]
+        current = self._segment_name(max(numbers))
+        if len(segments.get(current, (None, {}))[1]) >= self.SEGMENT_FILES:
+            current = self._segment_name(max(numbers) + 1)
+        out: dict[str, dict[str, PartEntry]] = {}
+        for path, entry in files.items():
+            name = owner.get(path, current)
+            if name not in out:
+                out[name] = dict(segments.get(name, (None, {}))[1])
+            out[name][path] = entry
+        return out
+
+    def _write(self, name: str, entries: dict[str, PartEntry]) -> str:
+        body = encode_record(
+            {
+                "format": PART_FORMAT,
+                "writer": self.writer,
+                "updated": time.time(),
+                "files": {p: e.to_json() for p, e in sorted(entries.items())},
+            }
+        )
+        key = layout.draft_part_key(self.project, self.artifact, self.group, name)
+        old = self._load().get(name, (None, {}))[0]
+        try:
+            if old is None:
+                etag = self.repo.store.put(key, body, if_absent=True)
+            else:
+                etag = self.repo.store.put(key, body, if_match=old)
+        except PreconditionFailed:
+            self._segments = None  # reread next time
+            raise DraftClosed(
+                f"{self._where()}: this writer's part was changed or removed by another "
+                "process (aborted?)"
+            ) from None
+        self._load()[name] = (etag, entries)
+        return etag
 
     def add(self, files: Mapping[str, PartEntry], sources: Mapping[str, Path]) -> None:
         """Record ``files`` (path -> entry) in the part; ``sources`` maps each
@@ -397,69 +455,37 @@ class PartWriter:
             names.check_path(path)
         store = self.repo.store
         d = (self.project, self.artifact, self.group)
-        with self._lock, StoreLock(store, SHARED, f"draft {self.group} of {d[0]}/{d[1]}") as lock:
+        with self._lock, StoreLock(store, SHARED, self._where()) as lock:
             if store.exists(layout.draft_closed_key(*d)):
-                raise DraftClosed(f"draft {self.group} of {d[0]}/{d[1]} is closed")
+                raise DraftClosed(f"{self._where()} is closed")
             if not store.exists(layout.draft_key(*d)):
-                raise DraftClosed(f"no open draft {self.group} of {d[0]}/{d[1]}")
-            self._load()
+                raise DraftClosed(f"no open {self._where()}")
             needed = {e.digest for e in files.values()}
             missing = [x for x in needed if x not in sources]
             if missing:
                 raise RepoError(f"no local file for blob {missing[0]}")
             _upload_blobs(self.repo, {x: sources[x] for x in needed}, move=False, progress=None)
-            entries = {**(self._entries or {}), **files}
-            body = encode_record(
-                {
-                    "format": PART_FORMAT,
-                    "writer": self.writer,
-                    "updated": time.time(),
-                    "files": {p: e.to_json() for p, e in sorted(entries.items())},
-                }
-            )
+            plan = self._plan(files)
             pause_point("DRAFT_BEFORE_PART")
             lock.check()
-            try:
-                if self._etag is None:
-                    etag = store.put(self.key, body, if_absent=True)
-                else:
-                    etag = store.put(self.key, body, if_match=self._etag)
-            except PreconditionFailed:
-                self._entries = None  # reread next time
-                raise DraftClosed(
-                    f"draft {self.group} of {d[0]}/{d[1]}: this writer's part was changed "
-                    "or removed by another process (aborted?)"
-                ) from None
-            self._entries, self._etag = entries, etag
+            written = {name: self._write(name, entries) for name, entries in plan.items()}
             pause_point("DRAFT_AFTER_PART")
-            self._confirm(etag)
+            for name, etag in written.items():
+                self._confirm(name, etag)
 
     def remove(self, path: str) -> None:
         """Take ``path`` out of this writer's part (an open draft only)."""
         d = (self.project, self.artifact, self.group)
         with self._lock:
-            self._load()
-            entries = dict(self._entries or {})
-            if entries.pop(path, None) is None:
-                return
-            if self.repo.store.exists(layout.draft_closed_key(*d)):
-                raise DraftClosed(f"draft {self.group} of {d[0]}/{d[1]} is closed")
-            body = encode_record(
-                {
-                    "format": PART_FORMAT,
-                    "writer": self.writer,
-                    "updated": time.time(),
-                    "files": {p: e.to_json() for p, e in sorted(entries.items())},
-                }
-            )
-            try:
-                etag = self.repo.store.put(self.key, body, if_match=self._etag)
-            except PreconditionFailed:
-                self._entries = None
-                raise DraftClosed(f"draft {self.group}: this writer's part changed") from None
-            self._entries, self._etag = entries, etag
+            for name, (_etag, entries) in list(self._load().items()):
+                if path in entries:
+                    if self.repo.store.exists(layout.draft_closed_key(*d)):
+                        raise DraftClosed(f"{self._where()} is closed")
+                    rest = {p: e for p, e in entries.items() if p != path}
+                    self._write(name, rest)
+                    return
 
-    def _confirm(self, etag: str) -> None:
+    def _confirm(self, name: str, etag: str) -> None:
         """W4: the part just written is in the draft, or the write fails."""
         key = layout.draft_closed_key(self.project, self.artifact, self.group)
         deadline = time.monotonic() + lock_wait()
@@ -469,17 +495,13 @@ class PartWriter:
                 return
             if rec.get("state") == "closed":
                 merged = rec.get("parts")
-                if isinstance(merged, dict) and merged.get(self.writer) == etag:
+                if isinstance(merged, dict) and merged.get(name) == etag:
                     return
                 raise DraftClosed(
-                    f"draft {self.group} of {self.project}/{self.artifact} was finished "
-                    f"as v{rec.get('version')} without this late write"
+                    f"{self._where()} was finished as v{rec.get('version')} without this late write"
                 )
             if time.monotonic() > deadline:
-                raise DraftClosed(
-                    f"draft {self.group} of {self.project}/{self.artifact} is being finished; "
-                    "this write may be too late"
-                )
+                raise DraftClosed(f"{self._where()} is being finished; this write may be too late")
             time.sleep(_POLL)
 
 
