@@ -102,6 +102,20 @@ class DraftSide:
             self._views[key] = (time.monotonic(), merged)
         return merged
 
+    def note(self, key: tuple[str, str, str], path: str, entry: drafts.PartEntry | None) -> None:
+        """Our own write (or removal) in the cached view: the next create or
+        lookup need not read every part again."""
+        with self._lock:
+            cached = self._views.get(key)
+            if cached is None:
+                return
+            view = dict(cached[1])
+            if entry is None:
+                view.pop(path, None)
+            else:
+                view[path] = entry
+            self._views[key] = (cached[0], view)
+
     def forget_view(self, key: tuple[str, str, str]) -> None:
         with self._lock:
             self._views.pop(key, None)
@@ -286,7 +300,7 @@ class DraftDirNode(Node):
                     raise StagingError(errno.EPERM, f"{path} was written by another writer")
                 raise StagingError(errno.ENOENT, f"no {path} in the draft")
             writer.remove(path)
-            self.side.forget_view(self.key)
+            self.side.note(self.key, path, None)
 
     def rmdir(self, name: str, ctx: Any) -> None:
         path = self._path(name)
@@ -438,8 +452,8 @@ class DraftWriteHandle(FileHandle):
                 group.side.writer(group.key).add({self.node.path: entry}, {digest: self.local})
             except drafts.DraftClosed as e:
                 raise StagingError(errno.EROFS, str(e)) from None
+            group.side.note(group.key, self.node.path, entry)
             group.side.open_files.get(group.key, {}).pop(self.node.path, None)
-            group.side.forget_view(group.key)
             self.local.unlink(missing_ok=True)
 
     def release(self) -> None:
