@@ -593,11 +593,14 @@ def finish_draft(
     On conflicting paths raises ``DraftConflict`` naming them; then nothing
     is committed and the draft stays open as it was.
     """
-    draft = _draft_head(repo, project, artifact, group)  # NotFoundError if none
+    _draft_head(repo, project, artifact, group)  # NotFoundError if none
     where = f"{group} of {project}/{artifact}"
     key = layout.draft_closed_key(project, artifact, group)
     marker = _take_marker(repo, key, where)
     try:
+        # Read after the marker: a change of the record that lands later is
+        # told it was too late (update_draft checks the marker after writing).
+        draft = _draft_head(repo, project, artifact, group)
         parts = read_parts(repo, project, artifact, group)
         merged, conflicts = merge_parts(parts)
         if conflicts:
@@ -685,6 +688,12 @@ def update_draft(
             repo.store.put(key, encode_record(rec), if_match=etag)
         except PreconditionFailed:
             continue
+        if repo.store.exists(layout.draft_closed_key(project, artifact, group)):
+            # A finish began meanwhile and may have read the record before us.
+            raise DraftClosed(
+                f"draft {group} of {project}/{artifact} is being finished or closed; "
+                "this change may be too late"
+            )
         return _draft_head(repo, project, artifact, group)
     raise RepoError(f"draft {group} of {project}/{artifact}: too many changes at once, try again")
 
