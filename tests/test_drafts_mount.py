@@ -159,6 +159,9 @@ def test_control_files_set_on_one_machine_go_into_the_version_finished_on_anothe
     m1, m2 = mount("a"), mount("b")
     g1 = m1.path / "proj/ds/drafts/g"
     os.makedirs(g1)
+    with pytest.raises(OSError) as e:
+        os.mkdir(m1.path / "proj/ds/drafts/bad name")  # group names follow the name rules
+    assert e.value.errno == errno.EINVAL
     (g1 / "data.txt").write_text("d")
     (g1 / ".description").write_text("built by many")
     (g1 / ".metadata.json").write_text('{"shards": 2}')
