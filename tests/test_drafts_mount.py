@@ -24,13 +24,13 @@ def mount(store_url, artfs_env, tmp_path):
     """``mount(name)`` -> a Mount with its own state and cache (a machine of its own)."""
     with contextlib.ExitStack() as stack:
 
-        def make(name: str, **kw):
+        def make(name: str, state: str | None = None, **kw):
             return stack.enter_context(
                 mounted(
                     tmp_path / f"mnt-{name}",
                     store_url=store_url,
                     cache_dir=tmp_path / f"cache-{name}",
-                    state_dir=tmp_path / f"state-{name}",
+                    state_dir=tmp_path / f"state-{state or name}",
                     env=artfs_env,
                     **kw,
                 )
@@ -146,6 +146,9 @@ def test_a_file_still_open_when_the_daemon_dies_is_not_in_the_version(
     with contextlib.suppress(OSError):
         f.close()
     subprocess.run(["umount", "-l", str(victim.path)], capture_output=True)
+    assert list((tmp_path / "state-b/drafts/files").iterdir())  # the half-written file
+    mount("b-again", state="b")  # the daemon restarted: what it had open is dropped
+    assert not list((tmp_path / "state-b/drafts/files").iterdir())
     run_artfs("draft", "finish", "proj/ds", "g")
     assert _files(api.artifact("proj/ds:v0").download(tmp_path / "out")) == {
         "done.txt": b"complete"

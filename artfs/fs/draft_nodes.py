@@ -67,6 +67,9 @@ class DraftSide:
         self.repo = repo
         self.root = state_dir / "drafts"
         (self.root / "files").mkdir(parents=True, exist_ok=True)
+        # Files a killed daemon had open: never closed, so in no part; gone.
+        for left in (self.root / "files").iterdir():
+            left.unlink(missing_ok=True)
         id_file = self.root / "writer-id"
         try:
             writer = id_file.read_text().strip()
