@@ -357,3 +357,33 @@ def test_a_writer_adding_one_file_at_a_time_rewrites_bounded_segments(
     assert set(again.entries()) == set(expected)
     v = api.finish_artifact("proj/ds", group="g")
     assert _files(v.download(tmp_path / "out")) == expected
+
+
+def test_the_seeds_parallel_writers_with_runs_in_a_group(
+    store_url: str, artfs_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The W&B FAQ's last section: writers in ``init(group=...)`` each
+    ``run.upsert_artifact``, then one run ``finish_artifact``s; the version is
+    logged by the finishing run, and the draft refuses later upserts."""
+    import artfs
+
+    monkeypatch.setenv("ARTFS_CONFIG", artfs_env["ARTFS_CONFIG"])
+    monkeypatch.setenv("ARTFS_CACHE", str(tmp_path / "cache"))
+    group = "writer-group-1"
+    for i in range(5):
+        with artfs.init(project="proj", group=group, store=store_url) as run:
+            art = artfs.Artifact("parallel-artifact", type="dataset")
+            src = tmp_path / f"table_{i}.json"
+            src.write_text(json.dumps({"a": i, "b": i * 2, "c": 2**i}))
+            art.add_file(src, name=f"parts/table_{i}.json")
+            run.upsert_artifact(art)
+    with artfs.init(project="proj", group=group, store=store_url) as run:
+        art = artfs.Artifact("parallel-artifact", type="dataset")
+        v = run.finish_artifact(art)
+        finisher = run.id
+    assert v.file_count == 5 and v.logged_by().id == finisher
+    with artfs.init(project="proj", group=group, store=store_url) as run:
+        late = artfs.Artifact("parallel-artifact", type="dataset")
+        late.add_file(tmp_path / "table_0.json", name="parts/late.json")
+        with pytest.raises(DraftClosed):
+            run.upsert_artifact(late)
