@@ -155,7 +155,7 @@ class DraftsNode(ListingNode):
     def list_children(self) -> dict[str, Node]:
         art = self.artifact.artifact
         out: dict[str, Node] = {}
-        for d in drafts.list_drafts(self.ctx.repo, art.project, art.name):
+        for d in drafts.list_drafts(self.ctx.repo, art.project, art.name, counts=False):
             if d.state == "open":
                 out[d.group] = self._group_node(d.group)
         return out

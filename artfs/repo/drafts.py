@@ -310,15 +310,17 @@ def get_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
     return d
 
 
-def list_drafts(repo: Repo, project: str, artifact: str) -> list[Draft]:
-    """Every draft of the artifact whose group is a valid name, by group."""
+def list_drafts(repo: Repo, project: str, artifact: str, *, counts: bool = True) -> list[Draft]:
+    """Every draft of the artifact whose group is a valid name, by group;
+    without ``counts`` its parts are not read (two requests a draft)."""
     out = []
     for prefix in repo.store.list(layout.drafts_prefix(project, artifact)).prefixes:
         group = layout.key_basename(prefix)
         if not names.is_name(group):
             continue
         try:
-            out.append(get_draft(repo, project, artifact, group))
+            get = get_draft if counts else _draft_head
+            out.append(get(repo, project, artifact, group))
         except NotFoundError:
             continue  # parts left by a writer of an aborted draft: gc's
         except CorruptRecord as e:
