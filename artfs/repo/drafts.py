@@ -457,20 +457,23 @@ class PartWriter:
             names.check_path(path)
         store = self.repo.store
         d = (self.project, self.artifact, self.group)
-        with self._lock, StoreLock(store, SHARED, self._where()) as lock:
+        needed = {e.digest for e in files.values()}
+        missing = [x for x in needed if x not in sources]
+        if missing:
+            raise RepoError(f"no local file for blob {missing[0]}")
+        with StoreLock(store, SHARED, self._where()) as lock:
             if store.exists(layout.draft_closed_key(*d)):
                 raise DraftClosed(f"{self._where()} is closed")
             if not store.exists(layout.draft_key(*d)):
                 raise DraftClosed(f"no open {self._where()}")
-            needed = {e.digest for e in files.values()}
-            missing = [x for x in needed if x not in sources]
-            if missing:
-                raise RepoError(f"no local file for blob {missing[0]}")
+            # Uploads of concurrent adds (a daemon's many closes) overlap; only
+            # the part's rewrite is one at a time.
             _upload_blobs(self.repo, {x: sources[x] for x in needed}, move=False, progress=None)
-            plan = self._plan(files)
-            pause_point("DRAFT_BEFORE_PART")
-            lock.check()
-            written = {name: self._write(name, entries) for name, entries in plan.items()}
+            with self._lock:
+                plan = self._plan(files)
+                pause_point("DRAFT_BEFORE_PART")
+                lock.check()
+                written = {name: self._write(name, entries) for name, entries in plan.items()}
             pause_point("DRAFT_AFTER_PART")
             for name, etag in written.items():
                 self._confirm(name, etag)
