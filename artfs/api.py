@@ -35,6 +35,7 @@ from artfs.repo import (
     RepoError,
     Version,
     commit_tree,
+    drafts,
     hash_files,
     runs,
 )
@@ -605,6 +606,98 @@ class Api:
             result = dataclasses.replace(result, version=self.repo.set_ttl(result.version, ttl))
         return result
 
+    # -- shared drafts (many writers, one version) --------------------------
+
+    def _artifact_ref(self, name: str, project: str | None = None) -> names.Ref:
+        if "/" in name:
+            ref = names.Ref.parse(name)
+        else:
+            ref = self._ref(name if project is None else f"{project}/{name}")
+        if ref.selector:
+            raise names.BadName(f"bad artifact name {name!r}: a draft takes project/artifact")
+        return ref
+
+    def upsert_artifact(
+        self,
+        artifact: Artifact,
+        group: str | None = None,
+        project: str | None = None,
+        distributed_id: str | None = None,
+    ) -> drafts.Draft:
+        """Add ``artifact``'s files to the shared draft ``group`` (as wandb's
+        ``upsert_artifact(distributed_id=...)``, also accepted): opened if need
+        be, this call's files recorded in a part of their own, durable on return."""
+        group = _group(group, distributed_id)
+        ref = self._artifact_ref(artifact.name, project)
+        drafts.open_draft(
+            self.repo,
+            ref.project,
+            ref.artifact,
+            group,
+            type=artifact.type,
+            description=artifact.description,
+            metadata=artifact.metadata,
+        )
+        builder, sources = artifact._build()
+        entries = drafts.builder_entries(builder)
+        if not entries:
+            raise RepoError(f"nothing to upsert: {artifact.name} has no files")
+        writer = drafts.PartWriter(self.repo, ref.project, ref.artifact, group)
+        writer.add(entries, sources)
+        return drafts.get_draft(self.repo, ref.project, ref.artifact, group)
+
+    def put_draft(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        name: str,
+        group: str,
+        *,
+        type: str | None = None,
+    ) -> drafts.Draft:
+        """``artfs put PATH... --draft GROUP``: files into a part of the draft."""
+        ref = self._artifact_ref(name)
+        drafts.open_draft(self.repo, ref.project, ref.artifact, group, type=type)
+        builder, files = build_tree(paths)
+        sources = hash_files(files, builder)
+        entries = drafts.builder_entries(builder)
+        if not entries:
+            raise RepoError("nothing to put: no files")
+        drafts.PartWriter(self.repo, ref.project, ref.artifact, group).add(entries, sources)
+        return drafts.get_draft(self.repo, ref.project, ref.artifact, group)
+
+    def finish_artifact(
+        self,
+        name: str | Artifact,
+        group: str | None = None,
+        aliases: Iterable[str] = (),
+        project: str | None = None,
+        logged_by: str | None = None,
+        distributed_id: str | None = None,
+    ) -> ArtifactVersion:
+        """Merge every part of the draft ``group`` into the next version and
+        close the draft (as wandb's ``finish_artifact``). Fails naming the
+        paths two writers wrote differently; then nothing is committed."""
+        group = _group(group, distributed_id)
+        ref = self._artifact_ref(name.name if isinstance(name, Artifact) else name, project)
+        result = drafts.finish_draft(
+            self.repo,
+            ref.project,
+            ref.artifact,
+            group,
+            aliases=[a for a in aliases if a != "latest"],
+            logged_by=logged_by or runs.active_run_id(self.repo),
+        )
+        return self._wrap(result.version)
+
+    def list_drafts(self, name: str) -> list[drafts.Draft]:
+        """The drafts of ``project/artifact``."""
+        ref = self._artifact_ref(name)
+        return drafts.list_drafts(self.repo, ref.project, ref.artifact)
+
+    def abort_draft(self, name: str, group: str) -> drafts.Draft:
+        ref = self._artifact_ref(name)
+        return drafts.abort_draft(self.repo, ref.project, ref.artifact, group)
+
     def delete_artifact(self, name: str) -> list[Version]:
         """Delete every version of an artifact, its aliases and the artifact."""
         r = self._ref(name)
@@ -642,6 +735,7 @@ class ActiveRun:
         self.record = run
         self.id = run.id
         self.name = run.name
+        self.group: str | None = None  # init(group=...): the draft of upsert/finish
 
     def __enter__(self) -> ActiveRun:
         return self
@@ -656,6 +750,24 @@ class ActiveRun:
         tags: Iterable[str] = (),
     ) -> ArtifactVersion:
         return self.api.log_artifact(artifact, aliases=aliases, tags=tags, logged_by=self.id)
+
+    def upsert_artifact(
+        self, artifact: Artifact, distributed_id: str | None = None, group: str | None = None
+    ) -> drafts.Draft:
+        group = _group(group, distributed_id or (None if group else self.group))
+        return self.api.upsert_artifact(artifact, group=group)
+
+    def finish_artifact(
+        self,
+        artifact: Artifact | str,
+        aliases: Iterable[str] = (),
+        distributed_id: str | None = None,
+        group: str | None = None,
+    ) -> ArtifactVersion:
+        """Finish the draft (``distributed_id``, else the run's group); the
+        version is logged by this run."""
+        group = _group(group, distributed_id or (None if group else self.group))
+        return self.api.finish_artifact(artifact, group=group, aliases=aliases, logged_by=self.id)
 
     def use_artifact(self, name: str, type: str | None = None) -> ArtifactVersion:
         art = self.api.artifact(name, type)
@@ -695,6 +807,9 @@ def init(
     else:
         run = runs.start_run(api.repo, list(sys.argv), name or "")
     _current = ActiveRun(api, run)
+    group = _ignored.get("group")
+    if isinstance(group, str):
+        _current.group = group
     return _current
 
 
@@ -710,6 +825,16 @@ def use_artifact(name: str, type: str | None = None) -> ArtifactVersion:
     if _current is None:
         raise RepoError("no run: call artfs.init() first, or use Api().use_artifact")
     return _current.use_artifact(name, type)
+
+
+def _group(group: str | None, distributed_id: str | None) -> str:
+    """A draft's group, named either way (``distributed_id`` is wandb's word)."""
+    if group is not None and distributed_id is not None and group != distributed_id:
+        raise RepoError("give the draft's group once: group= or distributed_id=")
+    chosen = group if group is not None else distributed_id
+    if chosen is None:
+        raise RepoError("name the draft: group=... (or distributed_id=...)")
+    return chosen
 
 
 def default_root(version: Version) -> Path:

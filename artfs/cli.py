@@ -107,6 +107,9 @@ def _load_metadata(text: str | None) -> dict[str, Any] | None:
 
 
 def cmd_put(args: argparse.Namespace) -> None:
+    if args.draft is not None:
+        _put_draft(args)
+        return
     metadata = _load_metadata(args.metadata)
     ttl = parse_duration(args.ttl) if args.ttl else None
     if "latest" in args.alias:
@@ -143,6 +146,46 @@ def cmd_put(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     print(v.ref)
+
+
+def _put_draft(args: argparse.Namespace) -> None:
+    if args.alias or args.description or args.metadata or args.ttl:
+        raise CliError("put --draft takes no -a/-d/-m/--ttl: give them to `artfs draft finish`")
+    d = _api(args).put_draft(args.paths, args.name, args.draft, type=args.type)
+    if args.json:
+        _print_json(d.to_json())
+        return
+    print(
+        f"draft {d.group} of {d.name}: {_plural(d.files, 'file')} in {_plural(d.parts, 'part')}",
+        file=sys.stderr,
+    )
+
+
+def cmd_draft_ls(args: argparse.Namespace) -> None:
+    found = _api(args).list_drafts(args.name)
+    if args.json:
+        _print_json([d.to_json() for d in found])
+        return
+    for d in found:
+        state = f"closed (v{d.version})" if d.state == "closed" else d.state
+        print(
+            f"{d.group}\t{state}\t{_plural(d.parts, 'part')}\t{_plural(d.files, 'file')}\t"
+            f"updated {_fmt_time(d.updated)}"
+        )
+
+
+def cmd_draft_finish(args: argparse.Namespace) -> None:
+    v = _api(args).finish_artifact(args.name, args.group, aliases=args.alias)
+    if args.json:
+        _print_json(v.record.to_json())
+        return
+    print(f"finished draft {args.group}: {_plural(v.file_count, 'file')}", file=sys.stderr)
+    print(v.record.ref)
+
+
+def cmd_draft_abort(args: argparse.Namespace) -> None:
+    d = _api(args).abort_draft(args.name, args.group)
+    print(f"aborted draft {d.group} of {d.name}", file=sys.stderr)
 
 
 def cmd_get(args: argparse.Namespace) -> None:
@@ -370,16 +413,27 @@ def cmd_gc(args: argparse.Namespace) -> None:
 
     repo = _api(args).repo
     expired = delete_expired(repo, dry_run=args.dry_run)
-    r = collect_garbage(repo, grace=grace, dry_run=args.dry_run, force=args.force, on_wait=waiting)
+    r = collect_garbage(
+        repo,
+        grace=grace,
+        dry_run=args.dry_run,
+        force=args.force,
+        on_wait=waiting,
+        draft_age=parse_duration(args.draft_age),
+    )
     if args.json:
         _print_json({**dataclasses.asdict(r), "expired_versions": [v.ref for v in expired]})
         return
     for v in expired:
         print(f"{'would delete' if args.dry_run else 'deleted'} expired {v.ref}")
+    for d in r.drafts_removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} draft {d}")
     verb = "would sweep" if r.dry_run else "swept"
     kept = [f"{r.live_blobs} blobs in {r.live_versions} live versions kept"]
     if r.deleted_kept:
         kept.append(f"{r.deleted_kept} of versions deleted less than the grace period ago kept")
+    if r.draft_blobs:
+        kept.append(f"{r.draft_blobs} of open drafts kept")
     if r.young_kept:
         kept.append(f"{r.young_kept} unreferenced but younger than the grace period kept")
     temps = ""
@@ -693,6 +747,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--metadata", help="a JSON object, or a file holding one")
     p.add_argument("--ttl", help="delete the version at gc this long after it is made (e.g. 30d)")
     p.add_argument("--json", action="store_true", help="print the new version as JSON")
+    p.add_argument(
+        "--draft",
+        metavar="GROUP",
+        help="add the files to the shared draft GROUP instead (finish with `artfs draft finish`)",
+    )
+
+    draft = sub.add_parser("draft", help="shared drafts: many writers, one version")
+    draft_sub = draft.add_subparsers(dest="draft_command", required=True, metavar="COMMAND")
+    p = draft_sub.add_parser("ls", parents=[common], help="list the drafts of an artifact")
+    p.set_defaults(func=cmd_draft_ls)
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = draft_sub.add_parser("finish", parents=[common], help="merge a draft into a version")
+    p.set_defaults(func=cmd_draft_finish)
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument("group", help="the draft's group")
+    p.add_argument(
+        "-a", "--alias", action="append", default=[], help="an alias for the new version (repeat)"
+    )
+    p.add_argument("--json", action="store_true", help="print the new version as JSON")
+    p = draft_sub.add_parser("abort", parents=[common], help="discard a draft")
+    p.set_defaults(func=cmd_draft_abort)
+    p.add_argument("name", metavar="PROJECT/ARTIFACT", help="the artifact")
+    p.add_argument("group", help="the draft's group")
 
     p = add("get", cmd_get, "download a version into a directory")
     p.add_argument("ref", help="project/artifact[:version-or-alias]")
@@ -820,6 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="report what would be freed")
     p.add_argument("--force", action="store_true", help="allow a grace period under the 1h floor")
+    p.add_argument(
+        "--draft-age",
+        default="7d",
+        help="remove drafts with no write for this long (abandoned, or closed; default 7d)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("check", cmd_check, "check that the store is consistent (exit 1 if not)")

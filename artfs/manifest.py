@@ -197,6 +197,16 @@ class ManifestBuilder:
             if kind == FILE:
                 yield path, size, digest  # type: ignore[misc]
 
+    def file_rows(self) -> Iterator[tuple[str, int, str, int, int | None]]:
+        """(path, size, digest, mode, mtime_ns) of every file."""
+        for path, (kind, mode, size, digest, _t, mtime_ns) in self._entries.items():
+            if kind == FILE:
+                yield path, size, digest, mode, mtime_ns  # type: ignore[misc]
+
+    def symlinks(self) -> list[str]:
+        """Paths of the symbolic links."""
+        return [p for p, row in self._entries.items() if row[0] == SYMLINK]
+
     def tree_digest(self) -> str:
         """A digest of the tree's content, independent of how SQLite lays it out."""
         h = xxhash.xxh3_128()

@@ -84,7 +84,7 @@ def test_tools_read_a_version_like_its_source(api, mount, source: Path, tmp_path
     root = m.path / "proj" / "ds" / "v0"
 
     assert sorted(os.listdir(m.path)) == ["proj"]
-    assert sorted(os.listdir(m.path / "proj" / "ds")) == ["latest", "staging", "v0"]
+    assert sorted(os.listdir(m.path / "proj" / "ds")) == ["drafts", "latest", "staging", "v0"]
     assert os.readlink(m.path / "proj" / "ds" / "latest") == "v0"
     assert read_tree(root) == read_tree(source)
     assert read_tree(m.path / "proj" / "ds" / "latest") == read_tree(source)
@@ -406,7 +406,12 @@ def test_a_slow_fetch_holds_up_no_other_request(cache_dir: Path, tmp_path: Path,
         fast = threading.Thread(target=others, daemon=True)
         fast.start()
         fast.join(10)  # a blocked event loop would hold these until the fetch ends
-        assert seen == ["fast", ["fast.txt", "slow.bin"], b"v0", ["latest", "staging", "v0"]]
+        assert seen == [
+            "fast",
+            ["fast.txt", "slow.bin"],
+            b"v0",
+            ["drafts", "latest", "staging", "v0"],
+        ]
         assert t.is_alive()  # still waiting for its bytes
         fd = os.open(blob, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO if nobody is fetching
         os.set_blocking(fd, True)

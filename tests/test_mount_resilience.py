@@ -155,7 +155,7 @@ def test_gc_of_a_deleted_version_the_mount_holds_open(
         os.close(dir_fd)
     _alive(m)
     assert (m.path / "proj/ds/v1/x.txt").read_text() == "one\n"
-    assert sorted(os.listdir(m.path / "proj/ds")) == ["latest", "staging", "v1"]
+    assert sorted(os.listdir(m.path / "proj/ds")) == ["drafts", "latest", "staging", "v1"]
 
 
 def _fake_version(api: Api, manifest: Path, number_hint: str) -> None:
@@ -215,7 +215,7 @@ def test_the_daemon_survives_crafted_manifests(
         allowed_errors=["unreadable", "bad manifest", "cannot open its manifest", "no parent"],
     )
     art = m.path / "proj/ds"
-    assert sorted(os.listdir(art)) == ["latest", "staging", "v0", "v1", "v2", "v3"]
+    assert sorted(os.listdir(art)) == ["drafts", "latest", "staging", "v0", "v1", "v2", "v3"]
     for bad in ("v1", "v3"):
         with pytest.raises(OSError) as e:
             os.listdir(art / bad)

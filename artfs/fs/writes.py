@@ -17,6 +17,7 @@ from typing import Any
 import pyfuse3
 
 from artfs import names
+from artfs.fs.draft_nodes import install as install_drafts
 from artfs.fs.nodes import (
     ROOT_INODE,
     AliasNode,
@@ -184,5 +185,6 @@ def install(table: InodeTable, state_dir: Path) -> StagingManager:
     table.project_class = WritableProject
     table.artifact_class = WritableArtifact
     table.artifact_extras["staging"] = StagingNode
+    install_drafts(table, state_dir)
     table.replace_root(WritableRoot(table, ROOT_INODE))
     return manager

@@ -62,6 +62,17 @@ Why a reader of a just-deleted version finishes its read. ``delete`` writes
 ``grace`` has a floor (``GRACE_FLOOR``, one hour) above any read of an open
 file or commit; going lower needs ``force``.
 
+Drafts (``artfs.repo.drafts``). A writer of a shared draft uploads its blobs
+and writes its part object under a shared lock, exactly as C1-C4 with the
+part in place of the version record, and ``finish`` commits through C1-C4.
+G3 reads every part of every open draft and adds its blobs to the kept set,
+so by the argument above gc keeps every blob an open draft references. A
+draft with no object newer than ``draft_age`` (abandoned, or closed: then
+its version keeps what it needs) is removed in G3, under the exclusive lock
+while no writer can write a part, and its parts protect nothing after that;
+``--dry-run`` reports those drafts. A corrupt part stops gc, as a corrupt
+manifest does: without it gc cannot know what the draft needs.
+
 A gc or commit that dies leaves a lock that the others treat as stale once
 it expires, or at once on the same machine; nothing blocks forever. Two gcs
 at once do not exclude each other (deleting garbage twice is harmless).
@@ -82,6 +93,7 @@ from artfs.digest import is_digest
 from artfs.hooks import pause_point
 from artfs.objects import ObjectInfo
 from artfs.repo import layout
+from artfs.repo.drafts import all_draft_groups, draft_activity, read_parts, remove_draft_objects
 from artfs.repo.locks import EXCLUSIVE, LockInfo, StoreLock, list_locks, remove_stale_locks
 from artfs.repo.records import RepoError, Tombstone, Version
 from artfs.repo.registry import Repo
@@ -95,6 +107,7 @@ GRACE_FLOOR = 3600.0
 # being written either (ARTFS_TEST_TEMP_QUIET: seconds, in tests).
 TEMP_QUIET = 60.0
 _READ_WORKERS = 16
+DEFAULT_DRAFT_AGE = 7 * 86400.0
 _DELETE_BATCH = 1000
 
 
@@ -140,6 +153,8 @@ class GcResult:
     temp_bytes: int = 0
     stale_locks: int = 0
     waited: float = 0.0
+    draft_blobs: int = 0  # blobs kept only for open drafts
+    drafts_removed: list[str] = field(default_factory=list)  # p/a:group (why)
 
 
 @dataclass
@@ -152,6 +167,29 @@ class _Kept:
     live: set[str] = field(default_factory=set)
     recent: set[str] = field(default_factory=set)
     live_versions: int = 0
+    drafts: set[str] = field(default_factory=set)  # blobs of open drafts' parts
+    old_drafts: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def scan_drafts(self, cutoff: float) -> None:
+        """Read every draft's parts afresh: open ones keep their blobs, those
+        with nothing newer than ``cutoff`` are listed in ``old_drafts``."""
+        self.drafts, self.old_drafts = set(), []
+        for project, artifact, group in all_draft_groups(self.repo, self.artifacts()):
+            newest, state = draft_activity(self.repo, project, artifact, group)
+            if state == "empty":
+                continue
+            if newest <= cutoff:
+                why = "closed" if state == "closed" else "abandoned"
+                self.old_drafts.append((project, artifact, group, why))
+                continue
+            if state == "closed":
+                continue  # its version keeps its blobs
+            try:
+                parts = read_parts(self.repo, project, artifact, group)
+            except RepoError as e:
+                raise RepoError(f"gc stopped, nothing deleted: {e}") from None
+            for _etag, entries in parts.values():
+                self.drafts.update(e.digest for e in entries.values())
 
     def artifacts(self) -> list[tuple[str, str]]:
         """Every (project, artifact) with a directory in the store, names as listed.
@@ -215,19 +253,28 @@ def collect_garbage(
     dry_run: bool = False,
     force: bool = False,
     on_wait: Callable[[list[LockInfo]], None] | None = None,
+    draft_age: float = DEFAULT_DRAFT_AGE,
 ) -> GcResult:
-    """Delete unreferenced blobs, following the protocol in this module's docstring."""
+    """Delete unreferenced blobs, following the protocol in this module's docstring;
+    remove drafts with no activity for ``draft_age`` seconds."""
     grace = check_grace(grace, force=force)
+    if not isinstance(draft_age, int | float) or not math.isfinite(draft_age) or draft_age < 0:
+        raise RepoError(f"bad draft age {draft_age!r}: a number of seconds, 0 or more")
     store = repo.store
     now = time.time()
     blobs = [o for o in store.iter_keys(layout.blobs_prefix()) if is_digest(_digest_of(o))]
     kept = _Kept(repo, cutoff=now - grace)
     kept.scan()
     if dry_run:
+        kept.scan_drafts(now - draft_age)
         return _result(kept, blobs, now, grace, dry_run=True, temps=_temps(repo))
     with StoreLock(store, EXCLUSIVE, "gc", on_wait=on_wait) as lock:
         pause_point("GC_LOCKED")
         kept.scan()
+        kept.scan_drafts(now - draft_age)
+        for project, artifact, group, _why in kept.old_drafts:
+            lock.check()
+            remove_draft_objects(repo, project, artifact, group)
         doomed = _doomed(kept, blobs, now, grace)
         for i in range(0, len(doomed), _DELETE_BATCH):
             lock.check()
@@ -255,6 +302,7 @@ def _doomed(kept: _Kept, blobs: Iterable[ObjectInfo], now: float, grace: float) 
         for o in blobs
         if _digest_of(o) not in kept.live
         and _digest_of(o) not in kept.recent
+        and _digest_of(o) not in kept.drafts
         and o.mtime <= now - grace
     ]
 
@@ -279,14 +327,19 @@ def _result(
     doomed = _doomed(kept, blobs, now, grace)
     unreferenced = [o for o in blobs if _digest_of(o) not in kept.live]
     deleted_kept = sum(1 for o in unreferenced if _digest_of(o) in kept.recent)
+    draft_blobs = sum(
+        1 for o in unreferenced if _digest_of(o) in kept.drafts and _digest_of(o) not in kept.recent
+    )
     return GcResult(
         live_versions=kept.live_versions,
         live_blobs=len(kept.live),
         swept_blobs=len(doomed),
         swept_bytes=sum(o.size for o in doomed),
-        young_kept=len(unreferenced) - deleted_kept - len(doomed),
+        young_kept=len(unreferenced) - deleted_kept - draft_blobs - len(doomed),
         dry_run=dry_run,
         deleted_kept=deleted_kept,
         temp_files=len(temps),
         temp_bytes=sum(t.size for t in temps),
+        draft_blobs=draft_blobs,
+        drafts_removed=[f"{p}/{a}:{g} ({why})" for p, a, g, why in kept.old_drafts],
     )

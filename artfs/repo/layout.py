@@ -76,3 +76,27 @@ def lock_key(lock_id: str) -> str:
 
 def blobs_prefix() -> str:
     return "blobs/"
+
+
+def drafts_prefix(project: str, artifact: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/"
+
+
+def draft_prefix(project: str, artifact: str, group: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/{group}/"
+
+
+def draft_key(project: str, artifact: str, group: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/{group}/draft.json"
+
+
+def draft_closed_key(project: str, artifact: str, group: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/{group}/closed.json"
+
+
+def draft_parts_prefix(project: str, artifact: str, group: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/{group}/parts/"
+
+
+def draft_part_key(project: str, artifact: str, group: str, writer: str) -> str:
+    return f"projects/{project}/{artifact}/drafts/{group}/parts/{writer}.json"
