@@ -1,4 +1,5 @@
-# The two commands the README opens with.
+# The two commands the README opens with. The tests run on two workers (pytest-xdist):
+# most of their time is spent waiting on mounts, servers and subprocesses.
 .PHONY: setup run test lint bench
 
 setup:
@@ -10,7 +11,7 @@ run: setup
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
