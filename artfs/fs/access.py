@@ -119,6 +119,8 @@ class Access:
         the mount's group."""
         if project is None:
             return ProjectAccess(name, "private", self.gid)
+        if not self.enforced:  # shown as the mount's own: no group to look up
+            return ProjectAccess(project.name, project.visibility, self.gid)
         gid = group_gid(project.group)
         if gid is None:
             if project.group is not None and project.group not in self._unknown_logged:

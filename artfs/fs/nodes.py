@@ -333,28 +333,40 @@ class ProjectNode(ListingNode):
         super().__init__(table, inode)
         self.name = name
         self._created = created
-        self._record: Project | None = None
+        self._access: ProjectAccess | None = None
         self._record_at = -1.0
 
     def created(self) -> float:
         return self._created
 
-    def seen(self, record: Project) -> None:
-        """The project's record as a listing just read it."""
-        self._record, self._record_at = record, time.monotonic()
+    def seen(self, record: Project | None) -> None:
+        """The project's record as just read (None: unreadable): its rules, resolved
+        once here rather than on every attribute request."""
+        self._access = self.ctx.access.of_project(record, self.name)
+        self._record_at = time.monotonic()
 
     def project_access(self) -> ProjectAccess:
         """Visibility and group, re-read after the listing TTL (only when enforced)."""
         access = self.ctx.access
-        if access.enforced and time.monotonic() - self._record_at >= self.ctx.ttl:
+        stale = time.monotonic() - self._record_at >= self.ctx.ttl
+        if access.enforced and stale and not self.ctx.health.backing_off():
             try:
                 self.seen(self.ctx.repo.project(self.name))
             except (NotFoundError, CorruptRecord) as e:
                 log.warning("project %s: %s; private to the mount's group", self.name, e)
-                self._record, self._record_at = None, time.monotonic()
+                self.seen(None)
             except StoreError as e:  # keep the last record while the store is away
-                log.warning("project %s: cannot read its record: %s", self.name, e)
-        return access.of_project(self._record, self.name)
+                delay = self.ctx.health.failed()
+                log.warning(
+                    "project %s: keeping its last record (next try in %.0f s): %s",
+                    self.name,
+                    delay,
+                    e,
+                )
+        if self._access is None:
+            self.seen(None)
+        assert self._access is not None
+        return self._access
 
     def describe(self) -> str:
         return self.name
