@@ -230,6 +230,7 @@ def test_the_daemon_checks_writes_against_the_callers_groups(tmp_path: Path) -> 
 
 
 @pytest.mark.store_left_inconsistent  # a crafted project record, on purpose
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # CLI rules, any store
 def test_project_commands_and_crafted_records(
     api: Api, run_artfs, artfs_env: dict[str, str], tmp_path: Path
 ) -> None:
