@@ -210,7 +210,11 @@ def test_the_daemon_checks_writes_against_the_callers_groups(tmp_path: Path) -> 
     pa = {v: ProjectAccess("p", v, GID) for v in ("private", "public", "open")}
     procs = {who: subprocess.Popen([*argv, "sleep", "30"]) for who, argv in CALLERS.items()}
     try:
-        time.sleep(0.2)  # setpriv has set the ids and exec'd sleep
+        for p in procs.values():  # wait until setpriv has set the ids and exec'd sleep
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{p.pid}/comm").read_text().strip() != "sleep":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
         ctx = {who: SimpleNamespace(uid=NOBODY, gid=NOBODY, pid=p.pid) for who, p in procs.items()}
         assert GID in caller_of(ctx["member"]).groups
         assert not caller_of(ctx["other"]).groups
