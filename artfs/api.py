@@ -31,6 +31,7 @@ from artfs.objects import open_store
 from artfs.repo import (
     CommitResult,
     NotFoundError,
+    Project,
     Repo,
     RepoError,
     Version,
@@ -410,6 +411,24 @@ class Api:
         return ArtifactVersion(
             self, version, self.repo.artifact(version.project, version.artifact).type
         )
+
+    # -- projects -----------------------------------------------------------
+
+    def project(self, name: str) -> Project:
+        """A project's record: visibility (private, public, open) and owning group."""
+        return self.repo.project(name)
+
+    def create_project(
+        self, name: str, visibility: str = "private", group: str | None = None
+    ) -> Project:
+        """Make a project; refused if it exists (change one with ``set_project``)."""
+        return self.repo.create_project(name, visibility, group, exist_ok=False)
+
+    def set_project(
+        self, name: str, *, visibility: str | None = None, group: str | None = None
+    ) -> Project:
+        """Change a project's visibility and/or group; mounts show it within their TTL."""
+        return self.repo.set_project(name, visibility=visibility, group=group)
 
     # -- reading ------------------------------------------------------------
 

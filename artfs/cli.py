@@ -268,6 +268,8 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"expires:     {_fmt_time(v.expires)}")
     if v.logged_by:
         print(f"logged by:   {v.logged_by}")
+    if v.committed_by is not None:
+        print(f"committed by: {v.committed_by.user} (uid {v.committed_by.uid})")
     if args.files:
         for f in out["files"]:
             if f["kind"] == "dir":
@@ -276,6 +278,32 @@ def cmd_show(args: argparse.Namespace) -> None:
                 print(f"  {'link':>12}  {f['path']} -> {f['target']}")
             else:
                 print(f"  {f['size']:>12}  {f['path']}")
+
+
+def _print_project(p: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(p.to_json())
+        return
+    print(f"project:     {p.name}")
+    print(f"visibility:  {p.visibility}")
+    print(f"group:       {p.group or '-'}")
+    print(f"created:     {_fmt_time(p.created)}")
+
+
+def cmd_project_create(args: argparse.Namespace) -> None:
+    p = _api(args).create_project(args.name, args.visibility, args.group)
+    _print_project(p, args.json)
+
+
+def cmd_project_set(args: argparse.Namespace) -> None:
+    if args.visibility is None and args.group is None:
+        raise CliError("project set: give --visibility and/or --group")
+    p = _api(args).set_project(args.name, visibility=args.visibility, group=args.group)
+    _print_project(p, args.json)
+
+
+def cmd_project_show(args: argparse.Namespace) -> None:
+    _print_project(_api(args).project(args.name), args.json)
 
 
 def cmd_alias_set(args: argparse.Namespace) -> None:
@@ -808,6 +836,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("diff", cmd_diff, "paths added, removed and changed between two versions")
     p.add_argument("old", metavar="REF1", help="the version to compare from")
     p.add_argument("new", metavar="REF2", help="the version to compare to")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    project = sub.add_parser("project", help="create, change or show a project")
+    project_sub = project.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    visibilities = ("private", "public", "open")
+    p = project_sub.add_parser("create", parents=[common], help="make a project")
+    p.set_defaults(func=cmd_project_create)
+    p.add_argument("name", help="the project")
+    p.add_argument(
+        "--visibility",
+        choices=visibilities,
+        default="private",
+        help="private: the group only; public: all read, the group writes; open: all write",
+    )
+    p.add_argument("--group", help="the owning group (a group name or gid)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = project_sub.add_parser("set", parents=[common], help="change visibility or group")
+    p.set_defaults(func=cmd_project_set)
+    p.add_argument("name", help="the project")
+    p.add_argument("--visibility", choices=visibilities, help="the new visibility")
+    p.add_argument("--group", help="the new owning group (a group name or gid)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = project_sub.add_parser("show", parents=[common], help="show a project")
+    p.set_defaults(func=cmd_project_show)
+    p.add_argument("name", help="the project")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     alias = sub.add_parser("alias", help="set or remove aliases")

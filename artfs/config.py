@@ -84,6 +84,53 @@ def format_size(n: float) -> str:
     return f"{n} B"
 
 
+# Keys of the config file's [object_store] table that hold a secret.
+SECRET_KEYS = frozenset(
+    {
+        "secret_access_key",
+        "aws_secret_access_key",
+        "session_token",
+        "aws_session_token",
+        "token",
+        "access_key",
+        "account_key",
+        "azure_storage_account_key",
+        "sas_key",
+        "azure_storage_sas_key",
+        "client_secret",
+        "azure_client_secret",
+        "service_account_key",
+        "google_service_account_key",
+        "password",
+    }
+)
+
+
+def credentials_warning(settings: Settings) -> str | None:
+    """A warning if the config file holds store credentials and others can read it.
+
+    The daemon keeps the credentials; users of a shared mount get access
+    through it, by project, not the keys to the whole bucket.
+    """
+    path = settings.config_file
+    table = settings.raw.get("object_store")
+    if path is None or not isinstance(table, dict):
+        return None
+    secrets = sorted(k for k in table if isinstance(k, str) and k.lower() in SECRET_KEYS)
+    if not secrets:
+        return None
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"config {path} holds store credentials ({', '.join(secrets)}) and is readable "
+        f"by others (mode {mode:04o}); chmod 600 {path}"
+    )
+
+
 def load_settings(
     store: str | None = None,
     cache: str | None = None,

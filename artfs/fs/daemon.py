@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 import pyfuse3
 import trio
 
-from artfs.config import Settings, load_settings
+from artfs.config import Settings, credentials_warning, load_settings
+from artfs.fs.access import Access
 from artfs.fs.files import BlobOpener
 from artfs.fs.nodes import XATTR_PREFIX, InodeTable, MountContext
 from artfs.fs.notify import sd_notify, with_systemd
@@ -230,6 +231,11 @@ def _fuse_options(cfg: MountConfig) -> set[str]:
     options = set(pyfuse3.default_options) | {"fsname=artfs", "subtype=artfs", "nosuid", "nodev"}
     for opt in cfg.options:
         options.update(o.strip() for o in opt.split(",") if o.strip())
+    if "allow_other" in options and "default_permissions" not in options:
+        # Other users in: the kernel must check the modes that carry each
+        # project's visibility (access.py), or anyone could read anything.
+        log.info("allow_other: adding default_permissions (access by project visibility)")
+        options.add("default_permissions")
     return options
 
 
@@ -293,7 +299,11 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         cfg.ttl,
         ", blobs through the cache" if cfg.via_cache else "",
     )
+    warning = credentials_warning(cfg.settings)
+    if warning:
+        log.warning("%s", warning)
     try:
+        options = _fuse_options(cfg)
         store = open_store(cfg.settings.store)
         if cfg.via_cache:
             store = ThroughCache(store)
@@ -305,13 +315,16 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
             uid=os.getuid(),
             gid=os.getgid(),
             started=time.time(),
+            access=Access(
+                enforced="allow_other" in options, uid=os.getuid(), gid=os.getgid(), ttl=cfg.ttl
+            ),
         )
         table = InodeTable(ctx)
         staging = install_writes(table, cfg.settings.state_dir)
         _recover_at_start(repo, staging)
         ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS))
         table.stats = lambda: stats_of(ops, ctx.opener, repo.cache)
-        pyfuse3.init(ops, str(cfg.mountpoint), _fuse_options(cfg))
+        pyfuse3.init(ops, str(cfg.mountpoint), options)
     except Exception as e:
         log.error("cannot mount %s: %s", cfg.mountpoint, e)
         notify(f"cannot mount {cfg.mountpoint}: {e}")
@@ -389,6 +402,9 @@ def _read_notice(fd: int, timeout: float) -> str:
 def mount_command(args: Any) -> None:
     cfg = _config(args)
     prepare_mountpoint(cfg.mountpoint)
+    warning = credentials_warning(cfg.settings)
+    if warning:
+        print(f"artfs: warning: {warning}", file=sys.stderr)
     if cfg.foreground:
         if run_daemon(cfg, lambda message: None) != 0:
             raise MountError(f"the mount failed; see {cfg.log_file}")

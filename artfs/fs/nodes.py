@@ -47,11 +47,12 @@ import pyfuse3
 from artfs import names
 from artfs.cache import BlobError, BlobReader
 from artfs.digest import digest_bytes, is_digest
+from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
 from artfs.repo import NotFoundError, Repo, Version, layout
-from artfs.repo.records import Artifact
+from artfs.repo.records import Artifact, CorruptRecord, Project
 
 log = logging.getLogger("artfs.fs")
 
@@ -114,6 +115,8 @@ class MountContext:
     started: float
     readers: ReaderPool = field(default_factory=ReaderPool)
     health: StoreHealth = field(default_factory=StoreHealth)
+    # Owners and modes by project visibility (access.py); off without allow_other.
+    access: Access = field(default_factory=lambda: Access(enforced=False, uid=0, gid=0, ttl=0))
 
 
 def make_attr(
@@ -200,6 +203,10 @@ class Node:
     def describe(self) -> str:
         return f"inode {self.inode}"
 
+    def project_access(self) -> ProjectAccess | None:
+        """The rules of the project this node is in (None: the root)."""
+        return None
+
     # -- reading ------------------------------------------------------------
 
     def lookup(self, name: str) -> Node | None:
@@ -248,9 +255,10 @@ class ListingNode(Node):
 
     def attr(self) -> pyfuse3.EntryAttributes:
         ttl = self.ctx.ttl
-        return make_attr(
+        a = make_attr(
             self.inode, self.mode, 0, self.created(), self.ctx, entry_timeout=ttl, attr_timeout=ttl
         )
+        return self.ctx.access.dir_attr(a, self.project_access())
 
     def list_children(self) -> dict[str, Node]:
         """name -> node, as the store says now."""
@@ -304,12 +312,14 @@ class ListingNode(Node):
 
 class RootNode(ListingNode):
     def list_children(self) -> dict[str, Node]:
-        return {
-            p.name: self.table.intern(
+        out = {}
+        for p in self.ctx.repo.projects():
+            node = self.table.intern(
                 ("project", p.name), self.table.project_class, p.name, p.created
             )
-            for p in self.ctx.repo.projects()
-        }
+            node.seen(p)  # type: ignore[attr-defined]
+            out[p.name] = node
+        return out
 
     def describe(self) -> str:
         return "/"
@@ -323,9 +333,40 @@ class ProjectNode(ListingNode):
         super().__init__(table, inode)
         self.name = name
         self._created = created
+        self._access: ProjectAccess | None = None
+        self._record_at = -1.0
 
     def created(self) -> float:
         return self._created
+
+    def seen(self, record: Project | None) -> None:
+        """The project's record as just read (None: unreadable): its rules, resolved
+        once here rather than on every attribute request."""
+        self._access = self.ctx.access.of_project(record, self.name)
+        self._record_at = time.monotonic()
+
+    def project_access(self) -> ProjectAccess:
+        """Visibility and group, re-read after the listing TTL (only when enforced)."""
+        access = self.ctx.access
+        stale = time.monotonic() - self._record_at >= self.ctx.ttl
+        if access.enforced and stale and not self.ctx.health.backing_off():
+            try:
+                self.seen(self.ctx.repo.project(self.name))
+            except (NotFoundError, CorruptRecord) as e:
+                log.warning("project %s: %s; private to the mount's group", self.name, e)
+                self.seen(None)
+            except StoreError as e:  # keep the last record while the store is away
+                delay = self.ctx.health.failed()
+                log.warning(
+                    "project %s: keeping its last record (next try in %.0f s): %s",
+                    self.name,
+                    delay,
+                    e,
+                )
+        if self._access is None:
+            self.seen(None)
+        assert self._access is not None
+        return self._access
 
     def describe(self) -> str:
         return self.name
@@ -361,6 +402,9 @@ class ArtifactNode(ListingNode):
 
     def describe(self) -> str:
         return self.artifact.qualified
+
+    def project_access(self) -> ProjectAccess:
+        return self.project.project_access()
 
     def list_children(self) -> dict[str, Node]:
         repo = self.ctx.repo
@@ -406,6 +450,9 @@ class AliasNode(Node):
     def describe(self) -> str:
         return f"{self.artifact.describe()}/{self.alias}"
 
+    def project_access(self) -> ProjectAccess:
+        return self.artifact.project_access()
+
     def target(self) -> str:
         self.artifact.children()
         number = self.artifact.aliases.get(self.alias)
@@ -415,7 +462,7 @@ class AliasNode(Node):
 
     def attr(self) -> pyfuse3.EntryAttributes:
         ttl = self.ctx.ttl
-        return make_attr(
+        a = make_attr(
             self.inode,
             self.mode,
             len(self.target()),
@@ -424,6 +471,7 @@ class AliasNode(Node):
             entry_timeout=ttl,
             attr_timeout=ttl,
         )
+        return self.ctx.access.link_attr(a, self.project_access())
 
     def readlink(self) -> str:
         return self.target()
@@ -443,6 +491,9 @@ class StagingPlaceholder(ListingNode):
 
     def parent(self) -> Node:
         return self.artifact
+
+    def project_access(self) -> ProjectAccess:
+        return self.artifact.project_access()
 
     def list_children(self) -> dict[str, Node]:
         return {}
@@ -596,7 +647,7 @@ class VersionNode(Node):
         mode = self.mode
         if entry.is_dir:
             mode = stat.S_IFDIR | (entry.mode & 0o777)
-        return make_attr(
+        a = make_attr(
             self.inode,
             mode,
             entry.size if not entry.is_dir else DIR_SIZE,
@@ -606,6 +657,11 @@ class VersionNode(Node):
             attr_timeout=FOREVER if settled else self.ctx.ttl,
             mtime_ns=entry.mtime_ns,  # None in a format-1 manifest: the commit time
         )
+        access = self.ctx.access
+        return access.tree_attr(a, self.project_access()) if access.enforced else a
+
+    def project_access(self) -> ProjectAccess:
+        return self.tree.artifact.project_access()
 
     def _root_entry(self) -> tuple[Entry, bool]:
         """The manifest's root (its mode and mtime) when at hand without a store

@@ -47,6 +47,7 @@ from artfs.fs.nodes import (
     make_attr,
 )
 from artfs.manifest import DIR, SYMLINK
+from artfs.repo.records import Committer
 from artfs.staging import (
     BASE,
     COMMIT,
@@ -416,6 +417,12 @@ class StagingNode(StagedDir):
     def describe(self) -> str:
         return f"{self.artifact.describe()}/staging"
 
+    def project_access(self) -> Any:
+        return self.artifact.project_access()
+
+    def attr(self) -> pyfuse3.EntryAttributes:
+        return self.ctx.access.dir_attr(super().attr(), self.project_access())
+
     def file_node(self, ino: int | None, current: Node | None) -> StagedFileNode:
         """The node of a staged file or symlink whose upper inode is ``ino`` (None:
         a base file not copied up); ``current``: the node its name had."""
@@ -484,7 +491,9 @@ class StagingNode(StagedDir):
         # A commit by a process of `artfs run` is logged by that run.
         run_id = run_of_process(ctx.pid) if ctx is not None else None
         with reasons(f"commit {self.describe()}"):
-            result = self.area.commit(logged_by=run_id)
+            self.ctx.access.check_write(self.project_access(), ctx, f"commit {self.describe()}")
+            committer = Committer.of_uid(ctx.uid) if ctx is not None else None
+            result = self.area.commit(logged_by=run_id, committed_by=committer)
             log.info("%s", self.area.status().splitlines()[0])
         # Tell the kernel the old entries are gone rather than wait for timeouts.
         with _nodes_lock:
@@ -725,7 +734,8 @@ class ControlNode(Node):
             out = _attr(self, self.area.control_attr(self.name))
         # .status changes with every commit, and a stale size would cut it short.
         out.attr_timeout = out.entry_timeout = 0 if self.name == STATUS else STAGING_TTL
-        return out
+        pa = self.staging_node.project_access()
+        return self.ctx.access.control_attr(out, pa, read_only=self.name == STATUS)
 
     def setxattr(self, name: str, value: bytes, ctx: Any) -> None:
         raise fuse_error(errno.ENOTSUP)

@@ -17,6 +17,7 @@ from typing import Any
 import pyfuse3
 
 from artfs import names
+from artfs.fs.access import group_name
 from artfs.fs.draft_nodes import install as install_drafts
 from artfs.fs.nodes import (
     ROOT_INODE,
@@ -52,8 +53,11 @@ def _made(node: Any, name: str) -> pyfuse3.EntryAttributes:
 
 class WritableRoot(RootNode):
     def mkdir(self, name: str, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        # A new project is private to the caller's primary group.
+        group = group_name(ctx.gid) if ctx is not None else None
         with reasons(f"mkdir project {name!r}"):
-            self.table.staging.create_project(name)  # type: ignore[attr-defined]
+            self.table.staging.create_project(name, group)  # type: ignore[attr-defined]
+        log.info("project %s made, private to group %s", name, group)
         return _made(self, name)
 
 
@@ -72,11 +76,13 @@ class WritableProject(ProjectNode):
 
     def mkdir(self, name: str, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"mkdir artifact {self.name}/{name}"):
+            self.ctx.access.check_write(self.project_access(), ctx, f"mkdir {self.name}/{name}")
             self.table.staging.create_artifact(self.name, name)  # type: ignore[attr-defined]
         return _made(self, name)
 
     def rmdir(self, name: str, ctx: Any) -> None:
         with reasons(f"rmdir artifact {self.name}/{name}"):
+            self.ctx.access.check_write(self.project_access(), ctx, f"rmdir {self.name}/{name}")
             self.table.staging.remove_artifact(self.name, name)  # type: ignore[attr-defined]
         _refresh(self)
 
@@ -105,6 +111,10 @@ class WritableArtifact(ArtifactNode):
             )
         return version
 
+    def _may_change(self, ctx: Any, what: str) -> None:
+        """Alias changes are the project group's (all users' in an open project)."""
+        self.ctx.access.check_write(self.project_access(), ctx, what)
+
     def _check_alias(self, name: str) -> None:
         if name == "latest":
             raise StagingError(errno.EPERM, "'latest' is moved by commits only")
@@ -112,6 +122,7 @@ class WritableArtifact(ArtifactNode):
 
     def symlink(self, name: str, target: str, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"ln -s {target} {self.describe()}/{name}"):
+            self._may_change(ctx, f"ln -s {target} {self.describe()}/{name}")
             self._check_alias(name)
             version = self._version_target(target)
             if self.lookup(name) is not None:
@@ -132,6 +143,7 @@ class WritableArtifact(ArtifactNode):
 
     def unlink(self, name: str, ctx: Any) -> None:
         with reasons(f"rm {self.describe()}/{name}"):
+            self._may_change(ctx, f"rm {self.describe()}/{name}")
             self._alias(name)
             art = self.artifact
             self.ctx.repo.remove_alias(art.project, art.name, name)
@@ -146,6 +158,7 @@ class WritableArtifact(ArtifactNode):
 
     def mkdir(self, name: str, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"mkdir {self.describe()}/{name}"):
+            self._may_change(ctx, f"mkdir {self.describe()}/{name}")
             raise StagingError(errno.EPERM, "an artifact directory holds versions and aliases only")
 
     def rename(
@@ -154,6 +167,7 @@ class WritableArtifact(ArtifactNode):
         if new_parent_inode != self.inode:
             raise fuse_error(errno.EXDEV)
         with reasons(f"mv {self.describe()}/{name_old} {name_new}"):
+            self._may_change(ctx, f"mv {self.describe()}/{name_old} {name_new}")
             node = self._alias(name_old)
             self._check_alias(name_new)
             existing = self.lookup(name_new)

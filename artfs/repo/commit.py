@@ -38,7 +38,7 @@ from artfs.manifest import ManifestBuilder
 from artfs.objects import PreconditionFailed
 from artfs.repo import layout, runs
 from artfs.repo.locks import SHARED, StoreLock
-from artfs.repo.records import CommitResult, RepoError, Version, check_json_value
+from artfs.repo.records import CommitResult, Committer, RepoError, Version, check_json_value
 from artfs.repo.registry import Repo
 
 log = logging.getLogger("artfs.repo.commit")
@@ -96,6 +96,7 @@ def commit_tree(
     metadata: dict[str, Any] | None = None,
     aliases: Iterable[str] = (),
     logged_by: str | None = None,
+    committed_by: Committer | None = None,
     move: bool = False,
     progress: Progress | None = None,
     stored: Collection[str] = frozenset(),
@@ -105,7 +106,9 @@ def commit_tree(
     ``sources`` maps the digest of every file that may need uploading to a
     local file with those bytes. With ``move`` a local store may take the
     files instead of copying them. A tree identical to ``latest`` makes no
-    version: the result says so and names ``latest``.
+    version: the result says so and names ``latest``. The version records
+    ``committed_by``, by default the user running this process (the mount
+    passes its caller's).
     """
     aliases = list(dict.fromkeys(aliases))
     for alias in aliases:
@@ -168,6 +171,7 @@ def commit_tree(
                 description=description,
                 metadata=dict(metadata or {}),
                 logged_by=logged_by,
+                committed_by=committed_by or Committer.of_uid(os.getuid()),
             )
         )
     pause_point("AFTER_RECORD")

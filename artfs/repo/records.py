@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,12 @@ from artfs import names
 from artfs.digest import is_digest
 
 VISIBILITIES = ("private", "public", "open")
+# A project's owning group: a group name as useradd/groupadd allow, or a
+# numeric gid (the id space below the kernel's "no id", 2**32 - 1).
+_GROUP_RE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10})$")
+MAX_ID = 2**32 - 2
+# Fields no project record may carry: the daemon alone decides owners and modes.
+_OWNER_FIELDS = ("owner", "uid", "user", "gid", "mode")
 
 
 class RepoError(Exception):
@@ -81,12 +88,98 @@ class Tombstone:
         return cls(number, deleted_at, manifest)
 
 
+def is_group(group: object) -> bool:
+    """Whether ``group`` may name a project's owning group (a name or a numeric gid)."""
+    if not isinstance(group, str) or not _GROUP_RE.match(group):
+        return False
+    return not group.isdigit() or int(group) <= MAX_ID
+
+
+def check_group(group: str) -> str:
+    if not is_group(group):
+        raise RepoError(
+            f"bad group {group!r}: a group name (letters, digits, _ . -, at most 32) "
+            "or a numeric gid"
+        )
+    return group
+
+
+def check_visibility(visibility: str) -> str:
+    if visibility not in VISIBILITIES:
+        raise RepoError(f"bad visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}")
+    return visibility
+
+
 @dataclass(frozen=True)
 class Project:
     name: str
     visibility: str = "private"
     group: str | None = None
     created: float = 0.0
+
+    @classmethod
+    def from_record(cls, name: str, rec: dict[str, Any], key: str) -> Project:
+        """A project from its stored record, checked (it becomes owners and modes)."""
+        visibility = rec.get("visibility", "private")
+        group = rec.get("group")
+        if visibility not in VISIBILITIES:
+            raise CorruptRecord(f"corrupt record in store: {key}: bad visibility {visibility!r}")
+        if group is not None and not is_group(group):
+            raise CorruptRecord(f"corrupt record in store: {key}: bad group {group!r}")
+        for field_name in _OWNER_FIELDS:
+            if field_name in rec:
+                raise CorruptRecord(
+                    f"corrupt record in store: {key}: {field_name!r} is refused "
+                    "(a project names its group only; owners and modes are the mount's)"
+                )
+        created = _time_field(rec, "created", key) if "created" in rec else 0.0
+        return cls(name, visibility, group, created)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "visibility": self.visibility,
+            "group": self.group,
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True)
+class Committer:
+    """Who made a version: the user name and uid of the committing process."""
+
+    user: str
+    uid: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"user": self.user, "uid": self.uid}
+
+    @classmethod
+    def of_uid(cls, uid: int) -> Committer:
+        """The user ``uid`` as this machine names it (the number if it has no usable name)."""
+        import pwd
+
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            user = str(uid)
+        return cls(user if _USER_RE.match(user) else str(uid), uid)
+
+    @classmethod
+    def from_record(cls, rec: object, key: str) -> Committer:
+        bad = CorruptRecord(f"corrupt record in store: {key}: 'committed_by' must be {{user, uid}}")
+        if not isinstance(rec, dict):
+            raise bad
+        user, uid = rec.get("user"), rec.get("uid")
+        if not isinstance(user, str) or not _USER_RE.match(user):
+            raise bad
+        if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid <= MAX_ID:
+            raise bad
+        return cls(user, uid)
+
+
+# A user name as shown: printable, no spaces or slashes, short.
+_USER_RE = re.compile(r"^[A-Za-z0-9_.@$-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -116,6 +209,7 @@ class Version:
     logged_by: str | None = None
     tags: list[str] = field(default_factory=list)
     ttl: float | None = None  # seconds after ``created`` when the version expires (gc deletes it)
+    committed_by: Committer | None = None
     aliases: list[str] = field(default_factory=list)
     etag: str | None = None  # of the record as read, for compare-and-swap edits
 
@@ -148,6 +242,8 @@ class Version:
             rec["tags"] = list(self.tags)
         if self.ttl is not None:
             rec["ttl"] = self.ttl
+        if self.committed_by is not None:
+            rec["committed_by"] = self.committed_by.to_record()
         return rec
 
     @classmethod
@@ -175,6 +271,8 @@ class Version:
         ):
             raise CorruptRecord(f"corrupt record in store: {key}: 'tags' must be a list of names")
         ttl = _time_field(rec, "ttl", key) if rec.get("ttl") is not None else None
+        committer = rec.get("committed_by")
+        committed_by = Committer.from_record(committer, key) if committer is not None else None
         return cls(
             project=project,
             artifact=artifact,
@@ -189,6 +287,7 @@ class Version:
             logged_by=logged_by,
             tags=tags,
             ttl=ttl,
+            committed_by=committed_by,
             etag=etag,
         )
 

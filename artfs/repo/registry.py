@@ -24,7 +24,6 @@ from artfs.manifest import Manifest
 from artfs.objects import NotFound, ObjectStore, PreconditionFailed
 from artfs.repo import layout
 from artfs.repo.records import (
-    VISIBILITIES,
     Artifact,
     ConflictError,
     CorruptRecord,
@@ -33,7 +32,9 @@ from artfs.repo.records import (
     RepoError,
     Tombstone,
     Version,
+    check_group,
     check_json_value,
+    check_visibility,
 )
 
 log = logging.getLogger("artfs.repo")
@@ -112,17 +113,7 @@ class Repo:
         rec = self._read_json_or_none(key)
         if rec is None:
             raise NotFoundError(f"no project {name!r}")
-        visibility = rec.get("visibility", "private")
-        group = rec.get("group")
-        created = rec.get("created", 0.0)
-        if (
-            visibility not in VISIBILITIES
-            or not (group is None or isinstance(group, str))
-            or isinstance(created, bool)
-            or not isinstance(created, int | float)
-        ):
-            raise CorruptRecord(f"corrupt record in store: {key}: bad visibility, group or time")
-        return Project(name, visibility, group, float(created))
+        return Project.from_record(name, rec, key)
 
     def create_project(
         self,
@@ -133,8 +124,9 @@ class Repo:
         exist_ok: bool = True,
     ) -> Project:
         names.check_name(name, "project name")
-        if visibility not in VISIBILITIES:
-            raise RepoError(f"bad visibility {visibility!r}: use one of {', '.join(VISIBILITIES)}")
+        check_visibility(visibility)
+        if group is not None:
+            check_group(group)
         self.ensure_config()
         rec = {"visibility": visibility, "group": group, "created": time.time()}
         try:
@@ -144,6 +136,27 @@ class Repo:
                 raise ConflictError(f"project {name!r} exists") from None
             return self.project(name)
         return Project(name, visibility, group, rec["created"])
+
+    def set_project(
+        self, name: str, *, visibility: str | None = None, group: str | None = None
+    ) -> Project:
+        """Change a project's visibility and/or owning group, by compare-and-swap
+        (two writers changing different fields both keep their change)."""
+        names.check_name(name, "project name")
+        if visibility is not None:
+            check_visibility(visibility)
+        if group is not None:
+            check_group(group)
+
+        def change(rec: dict[str, Any]) -> None:
+            Project.from_record(name, rec, layout.project_key(name))  # refuse a bad one
+            if visibility is not None:
+                rec["visibility"] = visibility
+            if group is not None:
+                rec["group"] = group
+
+        self._update_record(layout.project_key(name), change, f"no project {name!r}")
+        return self.project(name)
 
     def projects(self) -> list[Project]:
         out = []

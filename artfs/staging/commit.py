@@ -38,6 +38,7 @@ from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
 from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree, layout
 from artfs.repo.commit import hash_files
+from artfs.repo.records import Committer
 from artfs.staging.errors import StagingError
 from artfs.staging.overlay import ALIASES, CONTROL_FILES, DESCRIPTION, METADATA, join
 
@@ -154,7 +155,9 @@ class Commits:
                         raise StagingError(errno.EINVAL, f"cannot commit {path}: not a file")
         return builder, files
 
-    def commit(self: StagingArea, logged_by: str | None = None) -> CommitResult:
+    def commit(
+        self: StagingArea, logged_by: str | None = None, committed_by: Committer | None = None
+    ) -> CommitResult:
         """Make the next version from staging; staging is then empty.
 
         On any failure staging is as it was and the error (a StagingError,
@@ -163,7 +166,7 @@ class Commits:
         with self._lock, self._commit_lock():
             self._recover()
             try:
-                return self._commit(logged_by)
+                return self._commit(logged_by, committed_by)
             except BaseException as e:
                 self._set_status(f"commit of {self.ref} failed: {e}")
                 self.log.warning("commit of %s failed: %s", self.ref, e)
@@ -171,7 +174,9 @@ class Commits:
             finally:
                 shutil.rmtree(self.commit_dir / "links", ignore_errors=True)
 
-    def _commit(self: StagingArea, logged_by: str | None) -> CommitResult:
+    def _commit(
+        self: StagingArea, logged_by: str | None, committed_by: Committer | None = None
+    ) -> CommitResult:
         # The kernel sends a release after close(2) returns: give the last
         # files of a cp a moment to arrive.
         self._idle.wait_for(lambda: not self._busy(), timeout=RELEASE_WAIT)
@@ -254,6 +259,7 @@ class Commits:
                 sources,
                 type=type,
                 logged_by=logged_by,
+                committed_by=committed_by,
                 move=moved and self.repo.store.local_path(layout.CONFIG) is not None,
                 stored=stored,
                 **options,

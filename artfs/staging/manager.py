@@ -83,10 +83,10 @@ class StagingManager:
                 self._areas.pop((project, artifact), None)
             shutil.rmtree(area.root)
 
-    def create_project(self, name: str) -> None:
+    def create_project(self, name: str, group: str | None = None) -> None:
         names.check_name(name, "project name")
         try:
-            self.repo.create_project(name, exist_ok=False)
+            self.repo.create_project(name, group=group, exist_ok=False)
         except ConflictError as e:
             raise StagingError(errno.EEXIST, str(e)) from None
 
