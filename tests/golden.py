@@ -23,7 +23,7 @@ ROOT = Path(__file__).parent / "data" / "golden"
 MTIME_NS = 1_700_000_000_123_456_789
 _TIME_KEYS = {"created", "start", "end", "deleted_at", "expires"}
 # Fields that say where and by whom the script ran, not what the format is.
-_MACHINE_KEYS = {"host", "user", "cwd", "git_commit"}
+_MACHINE_KEYS = {"host", "user", "uid", "cwd", "git_commit"}
 _RUN_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
 
 
