@@ -15,6 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from artfs import names
@@ -39,6 +40,8 @@ log = logging.getLogger("artfs.repo")
 
 STORE_FORMAT = 1
 _MANIFESTS_KEPT = 64
+# Version records read at once when listing an artifact.
+READ_WORKERS = 16
 
 
 def encode_record(obj: Any) -> bytes:
@@ -74,8 +77,8 @@ class Repo:
 
     def _read_json(self, key: str) -> tuple[dict[str, Any], str]:
         """(record, etag); NotFound if absent."""
-        info = self.store.head(key)
-        return _parse_record(key, self.store.get(key)), info.etag
+        data, etag = self.store.get_tagged(key)
+        return _parse_record(key, data), etag
 
     def _read_json_or_none(self, key: str) -> dict[str, Any] | None:
         try:
@@ -323,12 +326,20 @@ class Repo:
             return [c for c in pool.map(one, arts) if c is not None]
 
     def versions(self, project: str, artifact: str, *, with_aliases: bool = True) -> list[Version]:
+        """Every live version: one LIST, then the records read in parallel (on
+        a bucket each is a round trip; a thousand in sequence took 45 s)."""
         self.artifact(project, artifact)
-        out = [
-            v
-            for n in self._version_numbers(project, artifact)
-            if (v := self._read_version_or_skip(project, artifact, n)) is not None
-        ]
+        numbers = self._version_numbers(project, artifact)
+
+        def one(n: int) -> Version | None:
+            return self._read_version_or_skip(project, artifact, n)
+
+        if len(numbers) > 1:
+            with ThreadPoolExecutor(max_workers=min(READ_WORKERS, len(numbers))) as pool:
+                found = list(pool.map(one, numbers))
+        else:
+            found = [one(n) for n in numbers]
+        out = [v for v in found if v is not None]
         if with_aliases:
             by_number: dict[int, list[str]] = {}
             for alias, n in self.aliases(project, artifact).items():
