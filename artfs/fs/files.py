@@ -7,6 +7,20 @@ first open in this process). Readers check the file's stamp after every
 read, so a file changed since it was verified is hashed again, and never
 served if it no longer matches. Idle readers kept for the next open hold no
 pin in the cache and are checked again (``revive``) before reuse.
+
+FUSE passthrough (kernel >= 6.9, libfuse >= 3.16; not in pyfuse3 3.5 or
+Debian 12's libfuse 3.14, so not built here) would plug in at the open of a
+version file: once ``BlobOpener.open`` has a verified ``BlobReader`` whose fd
+is a plain file (the cache's entry or a local store's own file), the daemon
+would register that fd with the kernel (``FUSE_DEV_IOC_BACKING_OPEN``) and
+answer the open with ``FOPEN_PASSTHROUGH`` and the backing id, so reads and
+mmap go to the backing file without the daemon. What that costs: the
+per-read stamp check (``BlobReader.read``) no longer runs, so passthrough
+suits only files whose stamp is checked at open (the cache's own entries,
+never a local store's files that others may change), and lazy partial
+readers (``cache/partial.py``) stay on the daemon path. ``keep_cache`` and
+the reader pool would be unchanged; the open request itself still reaches
+the daemon.
 """
 
 from __future__ import annotations
