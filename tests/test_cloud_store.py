@@ -633,3 +633,17 @@ def test_listing_an_artifact_costs_one_list_and_parallel_gets_on_every_service(
         # The etag a GET carried is the one compare-and-swap takes.
         repo.set_alias(repo.version("p", "a", 7), "best")
         assert repo.resolve("p/a:best").number == 7
+
+        # Listing again reads only the records whose etag the LIST shows changed:
+        # another writer's description change, a deletion, a new version.
+        other = Api(store=url, cache=str(tmp_path / "c3")).repo
+        other.update_version(other.version("p", "a", 5), description="changed elsewhere")
+        other.delete_version(other.version("p", "a", 2))
+        api.put([make_tree(src, {"f.txt": "one more\n"})], "p/a")
+        proxy.clear()
+        again = repo.versions("p", "a")
+        assert [v.number for v in again] == [n for n in range(count + 1) if n != 2]
+        assert next(v for v in again if v.number == 5).description == "changed elsewhere"
+        assert proxy.count("GET", "/versions/") <= 1 + 3  # the LIST, then v2, v5, v12
+        again[0].metadata["mutated"] = True  # a caller's change stays the caller's
+        assert "mutated" not in repo.versions("p", "a")[0].metadata
