@@ -33,7 +33,7 @@ from artfs.cache import PART_SIZE, BlobCache, LazyBlobReader
 from artfs.digest import digest_bytes
 from artfs.objects import PreconditionFailed, StoreError, open_store
 from artfs.objects.cloud import CloudStore
-from artfs.repo import layout
+from artfs.repo import Repo, layout
 from tests.azureserver import AzureServer
 from tests.azureserver import resign as azure_resign
 from tests.faultproxy import FaultProxy, Faults
@@ -594,3 +594,55 @@ def test_gcs_or_azure_staying_down_or_hanging_fails_in_bounded_time(service: Ser
         with pytest.raises(StoreError):
             hung.get("k")
         assert time.monotonic() - start < 12
+
+
+def test_listing_an_artifact_costs_one_list_and_parallel_gets_on_every_service(
+    service: Service, tmp_path: Path
+) -> None:
+    """Issue 11: version records are read with a GET that carries the etag (no
+    HEAD each), many at once; resolving ``latest`` or ``vN`` costs the same
+    few requests whatever the number of versions."""
+    url = service.new_url()
+    api = Api(store=url, cache=str(tmp_path / "c"))
+    src = tmp_path / "src"
+    count = 12
+    for i in range(count):
+        make_tree(src, {"f.txt": f"version {i}\n"})
+        api.put([src], "p/a")
+    api.repo.set_alias(api.repo.version("p", "a", 3), "best")
+    faults = Faults(delay=1.0, delay_seconds=0.2, only_methods=frozenset({"GET", "HEAD"}))
+    with service.proxy(faults) as proxy:
+        store = CloudStore(url, service.options_via(proxy.url))
+        repo = Repo.open(store, str(tmp_path / "c2"))
+        proxy.clear()
+        versions = repo.versions("p", "a")
+        assert [v.number for v in versions] == list(range(count))
+        assert versions[3].aliases == ["best"] and versions[-1].aliases == ["latest"]
+        assert proxy.count("HEAD") == 0
+        assert proxy.count("GET", "/versions/") <= count + 1  # a LIST of versions/, then GETs
+        assert proxy.max_inflight > 1, "version records read one at a time"
+
+        for ref, want in (("p/a", count - 1), ("p/a:v5", 5), ("p/a:best", 3)):
+            proxy.clear()
+            assert repo.resolve(ref).number == want
+            # artifact record, alias, version record, the aliases listing and their records
+            assert len(proxy.requests) <= 6, (ref, proxy.requests)
+            assert proxy.count("GET", "/versions/") <= 1
+
+        # The etag a GET carried is the one compare-and-swap takes.
+        repo.set_alias(repo.version("p", "a", 7), "best")
+        assert repo.resolve("p/a:best").number == 7
+
+        # Listing again reads only the records whose etag the LIST shows changed:
+        # another writer's description change, a deletion, a new version.
+        other = Api(store=url, cache=str(tmp_path / "c3")).repo
+        other.update_version(other.version("p", "a", 5), description="changed elsewhere")
+        other.delete_version(other.version("p", "a", 2))
+        api.put([make_tree(src, {"f.txt": "one more\n"})], "p/a")
+        proxy.clear()
+        again = repo.versions("p", "a")
+        assert [v.number for v in again] == [n for n in range(count + 1) if n != 2]
+        assert next(v for v in again if v.number == 5).description == "changed elsewhere"
+        assert proxy.count("GET", "/versions/") <= 1 + 3  # the LIST, then v2, v5, v12
+        again[0].metadata["mutated"] = True  # a caller's change stays the caller's
+        assert "mutated" not in repo.versions("p", "a")[0].metadata

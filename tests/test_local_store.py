@@ -209,3 +209,18 @@ def test_local_every_create_and_swap_is_fsynced(
     synced.clear()
     store.delete("p/a/x.json")
     assert ((root / "p/a").stat().st_ino, True) in synced
+
+
+def test_get_tagged_returns_the_etag_compare_and_swap_takes(store: ObjectStore) -> None:
+    tag = store.put("r.json", b'{"v": 1}')
+    assert store.get_tagged("r.json") == (b'{"v": 1}', tag)
+    _, etag = store.get_tagged("r.json")
+    new = store.put("r.json", b'{"v": 2}', if_match=etag)
+    assert store.get_tagged("r.json") == (b'{"v": 2}', new)
+    with pytest.raises(PreconditionFailed):
+        store.put("r.json", b'{"v": 3}', if_match=etag)  # the old read's etag is spent
+    with pytest.raises(NotFound):
+        store.get_tagged("absent.json")
+    store.put("dir/x", b"")
+    with pytest.raises(NotFound):
+        store.get_tagged("dir")

@@ -98,6 +98,9 @@ class ThroughCache(ObjectStore):
     def get_range(self, key: str, start: int, length: int) -> bytes:
         return self.inner.get_range(key, start, length)
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        return self.inner.get_tagged(key)
+
     def download(self, key: str, out: BinaryIO) -> int:
         return self.inner.download(key, out)
 

@@ -7,6 +7,20 @@ first open in this process). Readers check the file's stamp after every
 read, so a file changed since it was verified is hashed again, and never
 served if it no longer matches. Idle readers kept for the next open hold no
 pin in the cache and are checked again (``revive``) before reuse.
+
+FUSE passthrough (kernel >= 6.9, libfuse >= 3.16; not in pyfuse3 3.5 or
+Debian 12's libfuse 3.14, so not built here) would plug in at the open of a
+version file: once ``BlobOpener.open`` has a verified ``BlobReader`` whose fd
+is a plain file (the cache's entry or a local store's own file), the daemon
+would register that fd with the kernel (``FUSE_DEV_IOC_BACKING_OPEN``) and
+answer the open with ``FOPEN_PASSTHROUGH`` and the backing id, so reads and
+mmap go to the backing file without the daemon. What that costs: the
+per-read stamp check (``BlobReader.read``) no longer runs, so passthrough
+suits only files whose stamp is checked at open (the cache's own entries,
+never a local store's files that others may change), and lazy partial
+readers (``cache/partial.py``) stay on the daemon path. ``keep_cache`` and
+the reader pool would be unchanged; the open request itself still reaches
+the daemon.
 """
 
 from __future__ import annotations
@@ -118,6 +132,15 @@ class VersionFileHandle(FileHandle):
             self._pool.release(self._inode)
 
 
+# Bytes of idle small files kept in memory for their next open.
+IDLE_MEMORY = 64 << 20
+
+
+def _held(reader: Reader) -> int:
+    # Each entry costs its bytes plus its bookkeeping.
+    return len(getattr(reader, "data", b"")) + 200
+
+
 class ReaderPool:
     """Readers shared by all opens of one file, and kept a while after the last close.
 
@@ -130,11 +153,16 @@ class ReaderPool:
     (``revive`` is an fstat and a non-blocking flock).
     """
 
-    def __init__(self, idle_max: int = 256) -> None:
+    def __init__(self, idle_max: int = 256, idle_memory: int = IDLE_MEMORY) -> None:
         self.idle_max = idle_max
+        self.idle_memory = idle_memory
         self._lock = threading.Lock()
         self._open: dict[int, tuple[Reader, int]] = {}  # inode -> (reader, opens)
-        self._idle: OrderedDict[int, Reader] = OrderedDict()
+        self._idle: OrderedDict[int, Reader] = OrderedDict()  # each holds an fd
+        # Small files' verified bytes: bounded by their size, not by fds, so a
+        # second epoch over many small files reopens them on the event loop.
+        self._idle_mem: OrderedDict[int, Reader] = OrderedDict()
+        self._idle_bytes = 0
 
     def acquire(self, inode: int) -> Reader | None:
         with self._lock:
@@ -144,7 +172,10 @@ class ReaderPool:
                 return reader
             reader = self._idle.pop(inode, None)
             if reader is None:
-                return None
+                reader = self._idle_mem.pop(inode, None)
+                if reader is None:
+                    return None
+                self._idle_bytes -= _held(reader)
             if reader.revive():
                 self._open[inode] = (reader, 1)
                 return reader
@@ -174,20 +205,30 @@ class ReaderPool:
                 self._open[inode] = (reader, n - 1)
                 return
             del self._open[inode]
-            if reader.idle():
-                self._idle[inode] = reader
-            else:
+            if not reader.idle():
                 evicted.append(reader)
+            elif getattr(reader, "in_memory", False):
+                self._idle_mem[inode] = reader
+                self._idle_bytes += _held(reader)
+            else:
+                self._idle[inode] = reader
             while len(self._idle) > self.idle_max:
                 evicted.append(self._idle.popitem(last=False)[1])
+            while self._idle_bytes > self.idle_memory:
+                old = self._idle_mem.popitem(last=False)[1]
+                self._idle_bytes -= _held(old)
+                evicted.append(old)
         for r in evicted:
             r.close()
 
     def close(self) -> None:
         with self._lock:
             readers = [r for r, _ in self._open.values()] + list(self._idle.values())
+            readers += list(self._idle_mem.values())
             self._open.clear()
             self._idle.clear()
+            self._idle_mem.clear()
+            self._idle_bytes = 0
         for r in readers:
             r.close()
 

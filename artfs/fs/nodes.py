@@ -862,6 +862,21 @@ class InodeTable:
             raise fuse_error(errno.ENOENT)
         return VersionNode(self, tree, entry)
 
+    def answers_now(self, inode: int, *, root: bool = True) -> bool:
+        """Whether a request about ``inode`` needs no store or blob I/O: an entry
+        of a version tree whose manifest is open (an indexed query on an open
+        SQLite file), so the event loop may answer it without a worker thread.
+        ``root=False`` leaves out the version's root, whose xattrs come from the
+        artifact's listing (which a TTL refreshes from the store)."""
+        index = inode >> TREE_SHIFT
+        if index == 0 or index >= len(self._trees):
+            return False
+        if not root and inode & ENTRY_MASK == ROOT_ID:
+            return False
+        tree = self._trees[index]
+        manifest = tree._manifest if tree is not None else None
+        return manifest is not None and not manifest.changed
+
     def version_root(self, artifact: ArtifactNode, version: Version) -> VersionNode:
         """``vN``: its inode is assigned now, its manifest fetched only when first used."""
         key = (version.project, version.artifact, version.number)

@@ -14,9 +14,11 @@ holds, not as everything ever looked up or staged.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,13 +29,26 @@ import trio
 from artfs.fs.errors import to_fuse_error
 from artfs.fs.files import FileHandle, VersionFileHandle
 from artfs.fs.lineage import RunRecorder, run_of_process
-from artfs.fs.nodes import XATTR_PREFIX, InodeTable, Node, VersionNode, negative_attr
+from artfs.fs.nodes import (
+    XATTR_PREFIX,
+    InodeTable,
+    Node,
+    VersionDirCursor,
+    VersionNode,
+    negative_attr,
+)
 
 log = logging.getLogger("artfs.fs")
 T = TypeVar("T")
 # Entries fetched per readdir round trip; what the kernel's buffer does not
 # take is kept for its next request.
 READDIR_BATCH = 256
+# Levers a benchmark turns off to measure them (ARTFS_BENCH_OFF=fast-paths,xattr-enotsup):
+# answering version-tree metadata on the event loop, and ENOTSUP for
+# security.*/system.* xattrs.
+_OFF = set(os.environ.get("ARTFS_BENCH_OFF", "").split(","))
+FAST_PATHS = "fast-paths" not in _OFF
+XATTR_ENOTSUP = "xattr-enotsup" not in _OFF
 
 
 def _name(raw: bytes) -> str:
@@ -56,7 +71,17 @@ class ReadStats:
         self.max_read = 0
         self.sizes: Counter[int] = Counter()
         self.opens = 0
+        self.reopens = 0  # opens answered from a kept reader, on the event loop
         self.errors = 0
+        # opcode -> [requests, seconds spent answering them]
+        self.ops: dict[str, list[float]] = {}
+
+    def op(self, name: str, seconds: float) -> None:
+        counts = self.ops.get(name)
+        if counts is None:
+            counts = self.ops[name] = [0, 0.0]
+        counts[0] += 1
+        counts[1] += seconds
 
     def record(self, size: int, got: int) -> None:
         self.reads += 1
@@ -104,12 +129,28 @@ class Operations(pyfuse3.Operations):
     def _node(self, inode: int) -> Node:
         return self.table.get(inode)
 
-    async def _call(self, what: str, inode: int, method: str, *args: Any) -> Any:
+    async def _call(self, what: str, inode: int, method: str, *args: Any, now: bool = False) -> Any:
+        """``node.method(*args)`` in a worker thread; on the event loop instead
+        when ``now`` (the caller checked that the answer needs no I/O)."""
+
         def run() -> Any:
             node = self._node(inode)
             return getattr(node, method)(*args)
 
+        if now:
+            return self._now(what, run)
         return await self._run(what, run)
+
+    def _now(self, what: str, fn: Callable[[], T]) -> T:
+        # The thread hop costs more than the answer (a SQLite row of an open
+        # manifest): under load each hop is milliseconds, the query microseconds.
+        try:
+            return fn()
+        except Exception as e:
+            raise self._fail(what, e) from None
+
+    def _answers_now(self, inode: int, *, root: bool = True) -> bool:
+        return FAST_PATHS and self.table.answers_now(inode, root=root)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -132,13 +173,17 @@ class Operations(pyfuse3.Operations):
             child = parent.lookup(text)
             return child.attr() if child is not None else negative_attr(parent.negative_timeout())
 
-        return self._counted(await self._run(f"lookup {text!r} in inode {parent_inode}", run))
+        what = f"lookup {text!r} in inode {parent_inode}"
+        if text not in (".", "..") and self._answers_now(parent_inode):
+            return self._counted(self._now(what, run))
+        return self._counted(await self._run(what, run))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return await self._call(f"getattr {inode}", inode, "attr")
+        return await self._call(f"getattr {inode}", inode, "attr", now=self._answers_now(inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        target = await self._call(f"readlink {inode}", inode, "readlink")
+        now = self._answers_now(inode)
+        target = await self._call(f"readlink {inode}", inode, "readlink", now=now)
         return target.encode("utf-8", "surrogateescape")
 
     async def forget(self, inode_list: Any) -> None:
@@ -168,7 +213,8 @@ class Operations(pyfuse3.Operations):
     # -- directories ----------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        cursor = await self._call(f"opendir {inode}", inode, "open_dir")
+        now = self._answers_now(inode)
+        cursor = await self._call(f"opendir {inode}", inode, "open_dir", now=now)
         fh = self._new_fh()
         self._dirs[fh] = _OpenDir(cursor)
         return fh
@@ -177,6 +223,10 @@ class Operations(pyfuse3.Operations):
         d = self._dirs[fh]
         if d.pending and d.pending_offset == start_id:
             entries = d.pending
+        elif isinstance(d.cursor, VersionDirCursor) and self._answers_now(d.cursor.node.inode):
+            entries = self._now(
+                f"readdir fh {fh}", lambda: d.cursor.entries(start_id, READDIR_BATCH)
+            )
         else:
             entries = await self._run(f"readdir fh {fh}", d.cursor.entries, start_id, READDIR_BATCH)
         offset = start_id
@@ -199,6 +249,8 @@ class Operations(pyfuse3.Operations):
         handle = self._reopen(inode, flags)
         if handle is None:
             handle = await self._call(f"open inode {inode}", inode, "open", flags, ctx)
+        else:
+            self.stats.reopens += 1
         run_id = run_of_process(ctx.pid)  # /proc only: cheap enough for every open
         if run_id is not None:
             await self._run(f"lineage of inode {inode}", self._record_use, inode, run_id)
@@ -255,17 +307,25 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ----------------------------------------------------
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        # ls -l asks every file for security.* and system.* names; answer at once.
+        # ls -l asks every file for security.selinux and system.posix_acl_access.
+        # Only user.* names exist here: other namespaces are "not supported"
+        # (ENOTSUP), which ls and cp -a remember for the whole device and stop
+        # asking; ENODATA would cost a round trip per file. (Never ENOSYS: the
+        # kernel would then refuse every xattr, user.artfs.* too.)
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.ENOTSUP if XATTR_ENOTSUP else pyfuse3.ENOATTR)
         if not name.startswith(XATTR_PREFIX.encode()):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        values = await self._call(f"getxattr {inode}", inode, "xattrs")
+        now = self._answers_now(inode, root=False)
+        values = await self._call(f"getxattr {inode}", inode, "xattrs", now=now)
         try:
             return values[_name(name)]
         except KeyError:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        values = await self._call(f"listxattr {inode}", inode, "xattrs")
+        now = self._answers_now(inode, root=False)
+        values = await self._call(f"listxattr {inode}", inode, "xattrs", now=now)
         return [k.encode() for k in values]
 
     # -- changes: nodes refuse them (EROFS) unless the write side allows ----------
@@ -392,6 +452,7 @@ _OPS = [
 def _guarded(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(fn)
     async def guarded(self: Operations, *args: Any) -> Any:
+        start = time.perf_counter()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -401,6 +462,10 @@ def _guarded(name: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
             if name == "forget":
                 return None  # forget has no reply: an error raised here would end the loop
             raise error from None
+        finally:
+            # Requests by opcode and the time each took (wall time: a request
+            # waiting for a worker thread or the store counts that wait).
+            self.stats.op(name, time.perf_counter() - start)
 
     return guarded
 
@@ -417,7 +482,9 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "max_read": s.max_read,
         "read_sizes": {str(k): v for k, v in sorted(s.sizes.items())},
         "opens": s.opens,
+        "reopens": s.reopens,
         "errors": s.errors,
+        "ops": {k: [int(n), round(t, 4)] for k, (n, t) in sorted(s.ops.items())},
         "fetches": cache.fetches,
         "part_fetches": getattr(cache, "part_fetches", 0),
         "verified_blobs": opener.verified_blobs,

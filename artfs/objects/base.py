@@ -112,6 +112,15 @@ class ObjectStore(abc.ABC):
         with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
             return list(pool.map(one, items))
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """(bytes, etag) of an object; NotFound if absent. The etag is the one a
+        compare-and-swap takes. Backends answer in one request where they can;
+        this default asks twice, head first, so a change between the two
+        leaves an older etag, whose compare-and-swap fails (never a newer one
+        that would overwrite unseen bytes)."""
+        etag = self.head(key).etag
+        return self.get(key), etag
+
     @abc.abstractmethod
     def head(self, key: str) -> ObjectInfo:
         """Size and etag of an object; NotFound if absent."""

@@ -480,6 +480,17 @@ class CloudStore(ObjectStore):
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: bytes(obstore.get(self._store, key).bytes()))
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        def fetch() -> tuple[bytes, Any]:
+            result = obstore.get(self._store, key)
+            return bytes(result.bytes()), result.meta
+
+        data, meta = self._call("get", key, fetch)
+        if self.service.tag_is_generation and not meta.get("version"):
+            # No generation in this answer: only head's tag is safe for a swap.
+            return data, self.head(key).etag
+        return data, self._tag(meta)
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
             return b""

@@ -222,6 +222,26 @@ class LocalStore(ObjectStore):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise NotFound(key) from None
 
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        # One open: the etag is the stat of the very file read (writes replace
+        # the inode, so its bytes cannot change under the descriptor).
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(key) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFound(key)
+            chunks = []
+            while chunk := os.read(fd, max(st.st_size, 1 << 16)):
+                chunks.append(chunk)
+            return b"".join(chunks), _etag(st)
+        except IsADirectoryError:
+            raise NotFound(key) from None
+        finally:
+            os.close(fd)
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)

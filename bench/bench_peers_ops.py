@@ -1,0 +1,246 @@
+"""The issue-11 table: what users feel, each op against its baseline from the same run.
+
+    python -m bench.bench_peers_ops            # medium, small and big at the issue's sizes
+    python -m bench.bench_peers_ops --small    # the same shapes, scaled down (a quick run)
+
+Datasets are made deterministically (seeded bytes), so two runs measure the
+same trees. Each row prints its time, its ratio to the baseline measured
+just before it (the plain directory, ``cp -r``, ``cp -r && sync``), and the
+FUSE requests the daemon answered for it by opcode (count, seconds spent),
+from the ``user.artfs.stats`` xattr. rclone and dvc rows run only when the
+tools are installed; otherwise a note says they were skipped.
+
+Prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from artfs.api import Api
+from bench.common import base_parser, cp_r, drop_caches, human, report, workdir
+from tests.mounting import Mount, mounted
+
+SHAPES = {
+    # name: (files, size, dirs)
+    "full": {"medium": (5_000, 200 << 10, 5), "small": (100_000, 4 << 10, 100), "big": 2 << 30},
+    "small": {"medium": (500, 200 << 10, 5), "small": (10_000, 4 << 10, 100), "big": 256 << 20},
+}
+
+
+def make_dataset(root: Path, files: int, size: int, dirs: int, seed: str) -> None:
+    """``files`` files of ``size`` bytes in ``dirs`` directories; bytes from a seeded hash."""
+    per_dir = max(1, files // dirs)
+    for i in range(files):
+        d = root / f"d{i // per_dir:03d}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        block = hashlib.shake_256(f"{seed}:{i}".encode()).digest(size)
+        (d / f"f{i:06d}.bin").write_bytes(block)
+
+
+def make_big(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = hashlib.shake_256(b"big").digest(16 << 20)
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+
+
+def shell(cmd: str, cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, shell=True, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+class Requests:
+    """FUSE requests the daemon answered between two points, by opcode."""
+
+    def __init__(self, m: Mount) -> None:
+        self.m = m
+        self.before = self._ops()
+
+    def _ops(self) -> dict[str, list[float]]:
+        return dict(self.m.stats().get("ops", {}))
+
+    def line(self, files: int | None = None) -> str:
+        after = self._ops()
+        parts = []
+        for op, (n, t) in sorted(after.items(), key=lambda kv: -kv[1][0]):
+            n0, t0 = self.before.get(op, (0, 0.0))
+            if op == "getxattr":
+                n0 += 2  # reading the stats: ERANGE on a 128-byte buffer, then the read
+            dn, dt = n - n0, t - t0
+            if dn <= 0:
+                continue
+            per = f" ({dn / files:.2f}/file)" if files else ""
+            parts.append(f"{op} {dn:,}{per} {dt:.2f}s")
+        return "   requests: " + (", ".join(parts) or "none")
+
+
+def mount_of(base: Path, name: str, env: dict[str, str]) -> Any:
+    return mounted(
+        base / name,
+        store_url=env["ARTFS_STORE"],
+        cache_dir=Path(env["ARTFS_CACHE"]),
+        state_dir=base / "state",
+        env=env,
+    )
+
+
+def commit_through_staging(m: Mount, src: Path, artifact: str, files: int) -> None:
+    art = m.path / "bench" / artifact
+    art.mkdir(parents=True, exist_ok=True)
+    staging = art / "staging"
+    plain = cp_r(src, src.parent / f"{src.name}-copy")
+    synced = cp_r(src, src.parent / f"{src.name}-copy", sync=True)
+    shutil.rmtree(src.parent / f"{src.name}-copy")
+    r = Requests(m)
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", f"{src}/.", str(staging)], check=True)
+    (staging / ".commit").touch()
+    t = time.perf_counter() - start
+    report(
+        f"cp -r {src.name} into staging + .commit",
+        t,
+        baseline=plain,
+        more={"cp -r && sync": synced},
+    )
+    print(r.line(files), flush=True)
+
+
+def rewrite_base(m: Mount, src: Path, files: int) -> None:
+    staging = m.path / "bench" / "medium-st" / "staging"
+    r = Requests(m)
+    start = time.perf_counter()
+    (staging / ".base").write_text("latest\n")
+    names = sorted(p for p in (staging).rglob("*.bin"))
+    for k, p in enumerate(names):
+        if k % 5 < 2:  # 40%
+            p.write_bytes(hashlib.shake_256(f"new:{k}".encode()).digest(p.stat().st_size))
+    (staging / ".commit").touch()
+    t = time.perf_counter() - start
+    report(".base + rewrite 40% of medium + .commit", t)
+    print(r.line(files), flush=True)
+
+
+def read_rows(m: Mount, tree: Path, version: Path, files: int, cold: bool) -> None:
+    rows = [
+        ("tar c", "tar cf - . | cat > /dev/null"),
+        ("find", "find . > /dev/null"),
+        ("ls -lR", "ls -lR > /dev/null"),
+    ]
+    for label, cmd in rows:
+        for state in ("cold", "second pass"):
+            if state == "cold":
+                drop_caches(cold)
+            plain = shell(cmd, tree)
+            if state == "cold":
+                drop_caches(cold)
+            r = Requests(m)
+            t = shell(cmd, version)
+            report(
+                f"{label} small through the mount, {state}",
+                t,
+                baseline=plain,
+                baseline_label="plain",
+            )
+            print(r.line(files), flush=True)
+
+
+def dd_rows(m: Mount, big: Path, version_file: Path, size: int, cold: bool) -> None:
+    cmd = "dd bs=1M if={} of=/dev/null status=none"
+    os.stat(version_file)
+    shell(cmd.format(version_file), Path("/"))  # first read: fetch/verify once
+    for state in ("page cache hot", "cold"):
+        if state == "cold":
+            drop_caches(cold)
+        else:
+            shell(cmd.format(big), Path("/"))
+        plain = shell(cmd.format(big), Path("/"))
+        if state == "cold":
+            drop_caches(cold)
+        else:
+            shell(cmd.format(version_file), Path("/"))
+        r = Requests(m)
+        t = shell(cmd.format(version_file), Path("/"))
+        report(
+            f"dd bs=1M {human(size)}, {state}",
+            t,
+            nbytes=size,
+            baseline=plain,
+            baseline_label="plain",
+        )
+        print(r.line(), flush=True)
+
+
+def peers_note() -> None:
+    for tool in ("rclone", "dvc"):
+        if shutil.which(tool) is None:
+            print(f"({tool} is not installed: its rows are skipped)")
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="scaled-down datasets (a quick run)")
+    p.add_argument("--only", default="", help="comma-separated: staging,put,read,dd")
+    args = p.parse_args()
+    shape = SHAPES["small" if args.small else "full"]
+    only = set(filter(None, args.only.split(",")))
+    cold = not args.warm
+    if cold and not drop_caches(True):
+        print("(cannot drop the page cache: not root? figures are warm)")
+    peers_note()
+    with workdir(args.dir, args.keep) as base:
+        env = dict(os.environ)
+        env.update(
+            ARTFS_STORE=str(base / "store"),
+            ARTFS_CACHE=str(base / "cache"),
+            ARTFS_STATE=str(base / "state"),
+            ARTFS_CONFIG=str(base / "no-config.toml"),
+        )
+        api = Api(store=env["ARTFS_STORE"], cache=env["ARTFS_CACHE"])
+        mf, ms, md = shape["medium"]
+        sf, ss, sd = shape["small"]
+        medium, small = base / "data" / "medium", base / "data" / "small"
+        make_dataset(medium, mf, ms, md, "medium")
+        make_dataset(small, sf, ss, sd, "small")
+        print(f"medium {mf:,} x {human(ms)}, small {sf:,} x {human(ss)} in {sd} dirs")
+        if not only or "put" in only:
+            plain = cp_r(medium, base / "data" / "medium-copy")
+            shutil.rmtree(base / "data" / "medium-copy")
+            start = time.perf_counter()
+            api.put([medium], "bench/medium-put")
+            report("artfs put medium (api)", time.perf_counter() - start, baseline=plain)
+        # Versions to read are put before the mount starts (a name looked up
+        # before its put stays absent for the listing TTL).
+        big = base / "data" / "big" / "big.bin"
+        if not only or "read" in only:
+            api.put([small], "bench/small")
+        if not only or "dd" in only:
+            make_big(big, shape["big"])
+            api.put([big.parent], "bench/big")
+        with mount_of(base, "mnt", env) as m:
+            if not only or "staging" in only:
+                commit_through_staging(m, medium, "medium-st", mf)
+                commit_through_staging(m, small, "small-st", sf)
+                rewrite_base(m, medium, mf)
+            if not only or "read" in only:
+                read_rows(m, small, m.path / "bench/small/v0", sf, cold)
+            if not only or "dd" in only:
+                dd_rows(m, big, m.path / "bench/big/v0/big.bin", shape["big"], cold)
+            print(f"daemon: {m.stats()['opens']:,} opens, {m.stats()['reads']:,} reads")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""What the kernel asks the daemon, counted (issue 11): the cheap answers stay cheap.
+
+The daemon counts requests by opcode (``user.artfs.stats``); these tests read
+the counts around real tools so a change that sends a request per file again
+(an xattr probe, a reopen through a worker thread) fails here.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.mounting import Mount, mounted
+
+FILES = 300
+
+
+@pytest.fixture
+def mnt(api, store_url, cache_dir, artfs_env, tmp_path):
+    src = tmp_path / "src"
+    for i in range(FILES):
+        d = src / f"d{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:04d}.txt").write_bytes(f"file {i}\n".encode() * (i + 1))
+    api.put([src], "proj/many")
+    with mounted(
+        tmp_path / "mnt",
+        store_url=store_url,
+        cache_dir=cache_dir,
+        state_dir=tmp_path / "state",
+        env=artfs_env,
+    ) as m:
+        yield m, src
+
+
+def _ops(m: Mount) -> dict[str, int]:
+    stats = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    return {op: n for op, (n, _seconds) in stats["ops"].items()}
+
+
+def test_requests_are_counted_by_opcode(mnt) -> None:
+    m, _ = mnt
+    before = _ops(m)
+    os.listdir(m.path / "proj/many/v0/d0")
+    after = _ops(m)
+    assert after["opendir"] == before.get("opendir", 0) + 1
+    assert after["readdir"] > before.get("readdir", 0)
+    again = _ops(m)
+    # Each count is taken inside its own request, the next one sees it; a read
+    # of the stats is two (os.getxattr tries a 128-byte buffer first: ERANGE).
+    assert again["getxattr"] == after["getxattr"] + 2
+    assert again["opendir"] == after["opendir"]
+
+
+def test_ls_l_probes_cost_one_request_per_run_not_per_file(mnt) -> None:
+    m, src = mnt
+    version = m.path / "proj/many/v0"
+    f = version / "d0/f0000.txt"
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "security.selinux")
+    assert e.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "system.posix_acl_access")
+    assert e.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "user.artfs.nope")
+    assert e.value.errno == errno.ENODATA  # user.* is supported: this name is just absent
+    assert os.getxattr(f, "user.artfs.digest").startswith(b"xxh128:")
+
+    for _ in range(2):  # the second pass too (it used to be the slower one)
+        before = _ops(m)
+        out = subprocess.run(
+            ["ls", "-lR", str(version)], check=True, capture_output=True, text=True
+        ).stdout
+        after = _ops(m)
+        assert out.count(".txt") == FILES
+        assert after["getxattr"] - before["getxattr"] <= 5, "an xattr probe per file again"
+    # ls -l shows the same sizes and modes as the source
+    listed = subprocess.run(
+        ["ls", "-l", str(version / "d1")], check=True, capture_output=True, text=True
+    ).stdout
+    for line in listed.splitlines()[1:]:
+        parts = line.split()
+        assert int(parts[4]) == (src / "d1" / parts[-1]).stat().st_size
+
+
+def test_second_epoch_reopens_small_files_without_a_worker_thread(mnt) -> None:
+    m, src = mnt
+    version = m.path / "proj/many/v0"
+    paths = sorted(p.relative_to(src) for p in src.rglob("*.txt"))
+    assert len(paths) == FILES  # more than the 256 idle readers that hold an fd
+    for p in paths:
+        assert (version / p).read_bytes() == (src / p).read_bytes()
+    before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    for p in paths:
+        assert (version / p).read_bytes() == (src / p).read_bytes()
+    after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    assert after["opens"] - before["opens"] == FILES
+    assert after["reopens"] - before["reopens"] == FILES
