@@ -38,7 +38,7 @@ TTL = 0.5
 MEMBER = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", f"--groups={GID}"]
 OTHER = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 CALLERS = {"member": MEMBER, "other": OTHER}
-OPS = ("read", "list", "write_staging", "commit", "alias", "mkdir")
+OPS = ("read", "list", "write_staging", "commit", "alias", "mkdir", "draft")
 # visibility -> the operations a non-member may do (a member may do all of them).
 OTHER_MAY = {
     "private": set(),
@@ -82,6 +82,7 @@ def do(op: str, who: str, art: Path) -> str:
         "commit": f"touch {art}/staging/.commit",
         "alias": f"ln -s v0 {art}/alias-{who}",
         "mkdir": f"mkdir {art.parent}/new-{who}",
+        "draft": f"mkdir {art}/drafts/g-{who} && echo {who} > {art}/drafts/g-{who}/{who}.txt",
     }[op]
     result = outcome(as_user(CALLERS[who], script))
     if op == "commit" and result == "EACCES":

@@ -146,6 +146,13 @@ class DraftsNode(ListingNode):
     def parent(self) -> Node:
         return self.artifact
 
+    def project_access(self) -> Any:
+        return self.artifact.project_access()
+
+    def attr(self) -> pyfuse3.EntryAttributes:
+        # The project's visibility, as staging/'s: the kernel judges who may write.
+        return self.ctx.access.dir_attr(super().attr(), self.project_access())
+
     def describe(self) -> str:
         return f"{self.artifact.describe()}/drafts"
 
@@ -215,7 +222,7 @@ class DraftDirNode(Node):
 
     def attr(self) -> pyfuse3.EntryAttributes:
         ttl = self.ctx.ttl
-        return make_attr(
+        out = make_attr(
             self.inode,
             self.mode,
             0,
@@ -224,6 +231,7 @@ class DraftDirNode(Node):
             entry_timeout=ttl,
             attr_timeout=ttl,
         )
+        return self.ctx.access.dir_attr(out, self.drafts_node.project_access())
 
     def _path(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -372,12 +380,12 @@ class DraftFileNode(Node):
                 attr_timeout=0,
                 mtime_ns=st.st_mtime_ns,
             )
-            return out
+            return self.ctx.access.tree_attr(out, self.group.drafts_node.project_access())
         e = self._entry()
         if e is None:
             raise fuse_error(errno.ENOENT)
         ttl = self.ctx.ttl
-        return make_attr(
+        out = make_attr(
             self.inode,
             stat.S_IFREG | e.mode,
             e.size,
@@ -387,6 +395,7 @@ class DraftFileNode(Node):
             attr_timeout=ttl,
             mtime_ns=e.mtime_ns,
         )
+        return self.ctx.access.tree_attr(out, self.group.drafts_node.project_access())
 
     def open(self, flags: int, ctx: Any) -> FileHandle:
         local = self._local()
@@ -513,7 +522,7 @@ class DraftControlNode(Node):
             drafts.update_draft(self.ctx.repo, *self.group.key, **change)
 
     def attr(self) -> pyfuse3.EntryAttributes:
-        return make_attr(
+        out = make_attr(
             self.inode,
             self.mode,
             len(self._text()),
@@ -522,6 +531,8 @@ class DraftControlNode(Node):
             entry_timeout=0,
             attr_timeout=0,
         )
+        pa = self.group.drafts_node.project_access()
+        return self.ctx.access.control_attr(out, pa, read_only=self.name == STATUS)
 
     def open(self, flags: int, ctx: Any) -> FileHandle:
         if self.name == STATUS:
