@@ -215,8 +215,22 @@ def test_nan_metadata_and_bad_descriptions_are_refused_at_input(
     assert (v.metadata, v.description) == ({"loss": 0.5}, "ok")
 
 
-def test_nan_metadata_through_staging_fails_the_commit(
-    store_url: str, tmp_path: Path, artfs_env: dict[str, str], api: Api
+@pytest.mark.parametrize(
+    ("control", "data", "reason"),
+    [
+        (".metadata.json", b'{"loss": NaN}', "metadata"),
+        (".description", b"caf\xe9 latin-1\n", "not UTF-8"),
+    ],
+    ids=["nan-metadata", "latin1-description"],
+)
+def test_bad_control_files_through_staging_fail_the_commit(
+    store_url: str,
+    tmp_path: Path,
+    artfs_env: dict[str, str],
+    api: Api,
+    control: str,
+    data: bytes,
+    reason: str,
 ) -> None:
     env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
     with mounted(
@@ -229,33 +243,10 @@ def test_nan_metadata_through_staging_fails_the_commit(
         os.makedirs(m.path / "proj/ds")
         staging = m.path / "proj/ds/staging"
         (staging / "a").write_text("x")
-        (staging / ".metadata.json").write_text('{"loss": NaN}')
+        (staging / control).write_bytes(data)
         r = subprocess.run(["touch", str(staging / ".commit")], capture_output=True, text=True)
         assert r.returncode != 0
-        assert "metadata" in (staging / ".status").read_text()
+        assert reason in (staging / ".status").read_text()
         assert (staging / "a").read_text() == "x"  # staging as it was
-    assert not api.repo.store.list(layout.versions_prefix("proj", "ds")).objects
-
-
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # staging is the point
-def test_a_description_that_is_not_utf8_fails_the_commit(
-    store_url: str, tmp_path: Path, artfs_env: dict[str, str], api: Api
-) -> None:
-    env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mc",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
-        os.makedirs(m.path / "proj/ds")
-        staging = m.path / "proj/ds/staging"
-        (staging / "a").write_text("x")
-        (staging / ".description").write_bytes(b"caf\xe9 latin-1\n")
-        r = subprocess.run(["touch", str(staging / ".commit")], capture_output=True, text=True)
-        assert r.returncode != 0
-        assert "not UTF-8" in (staging / ".status").read_text()
-        assert (staging / "a").read_text() == "x"  # staging as it was
-        assert (staging / ".description").read_bytes() == b"caf\xe9 latin-1\n"
+        assert (staging / control).read_bytes() == data
     assert not api.repo.store.list(layout.versions_prefix("proj", "ds")).objects
