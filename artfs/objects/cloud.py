@@ -343,9 +343,13 @@ class CloudStore(ObjectStore):
             "timeout": timedelta(seconds=request_timeout),
             "connect_timeout": timedelta(seconds=connect_timeout),
         }
+        # obstore retries within a third of the deadline; _call retries the
+        # rest only while a whole such window still fits, so an operation
+        # against a store that stays down ends near ``timeout``, not at twice it.
+        self._retry_window = self.timeout / 3
         retry_config: dict[str, Any] = {
             "max_retries": 10,
-            "retry_timeout": timedelta(seconds=self.timeout),
+            "retry_timeout": timedelta(seconds=self._retry_window),
             "backoff": {
                 "init_backoff": timedelta(milliseconds=100),
                 "max_backoff": timedelta(seconds=min(5.0, max(0.2, self.timeout / 4))),
@@ -405,7 +409,7 @@ class CloudStore(ObjectStore):
                     f"{what} {key} in {self.url}: access denied: {_first_line(e)}"
                 ) from None
             except obx.BaseError as e:
-                if not _transient(e) or time.monotonic() + delay > deadline:
+                if not _transient(e) or time.monotonic() + delay + self._retry_window > deadline:
                     raise StoreError(
                         f"{what} {key} in {self.url} failed after {attempt} attempt(s): "
                         f"{_first_line(e)}"
