@@ -24,7 +24,7 @@ from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 # and Azure (Azurite) too: the store interface, registry rules, concurrency,
 # gc and the mounts, a choice that keeps the suite's time in bounds (the
 # probe, fault, lazy-read and two-daemon tests of every service are in
-# test_cloud_store.py). ARTFS_TEST_STORES names the kinds every such test
+# t1_objects_cloud.py). ARTFS_TEST_STORES names the kinds every such test
 # runs on instead (e.g. "local" for a quick loop, "gs,az" for the new
 # services everywhere).
 # A test about the local directory itself (paths, inodes) pins its kind with
@@ -33,18 +33,18 @@ STORE_KINDS = os.environ.get("ARTFS_TEST_STORES", "local,s3").split(",")
 MORE_KINDS = [] if os.environ.get("ARTFS_TEST_STORES") else ["gs", "az"]
 # Module -> the tests in it that also run on gs and az (None: all of them).
 CLOUD_TESTS: dict[str, set[str] | None] = {
-    "test_local_store": None,  # the store interface: create-only, compare-and-swap, listing
-    "test_repo": None,  # registry rules, concurrent commits and alias moves
-    "test_gc": None,  # the gc protocol
-    "test_aliases_mount": None,  # alias links through the mount
-    "test_staging_mount": {  # commits through the mount (the rest is local staging)
+    "t1_objects_store": None,  # the store interface: create-only, compare-and-swap, listing
+    "t2_repo_registry": None,  # registry rules, concurrent commits and alias moves
+    "t2_repo_gc": None,  # the gc protocol
+    "t4_mount_aliases": None,  # alias links through the mount
+    "t4_mount_staging": {  # commits through the mount (the rest is local staging)
         "test_tools_write_and_touch_commits",
         "test_base_commit_stores_only_new_content",
         "test_two_daemons_commit_one_artifact_at_once",
         "test_mv_of_a_base_directory",
         "test_bad_metadata_fails_the_touch_and_keeps_staging",
     },
-    "test_mount_read": {  # reads through the mount
+    "t4_mount_read": {  # reads through the mount
         "test_tools_read_a_version_like_its_source",
         "test_latest_follows_a_put_from_another_process",
         "test_concurrent_readers_of_an_uncached_blob_make_one_fetch",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
-from tests.test_staging_mount import mount, touch_commit, version_numbers  # noqa: F401 - fixture
+from tests.t4_mount_staging import mount, touch_commit, version_numbers  # noqa: F401 - fixture
 from tests.trees import read_tree
 
 

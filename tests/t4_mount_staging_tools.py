@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
-from tests.test_staging_mount import blob_names, mount, version_numbers  # noqa: F401 - fixture
+from tests.t4_mount_staging import blob_names, mount, version_numbers  # noqa: F401 - fixture
 from tests.trees import make_tree, read_tree
 
 
