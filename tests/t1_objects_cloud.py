@@ -4,7 +4,7 @@ and two daemons committing at once on each, configuration by the usual
 conventions, multipart uploads.
 
 The store interface itself (puts, create-only, compare-and-swap, listing) is
-tested for every backend in test_local_store.py through the ``store_url``
+tested for every backend in t1_objects_store.py through the ``store_url``
 fixture.
 """
 
@@ -315,7 +315,7 @@ def service(request: pytest.FixtureRequest) -> Service:
     )
 
 
-# For what test_faults.py already proves on S3: the two other services.
+# For what t5_faults_s3.py already proves on S3: the two other services.
 NEW_SERVICES = pytest.mark.parametrize("service", ["gs", "az"], indirect=True)
 
 CONDITION_HEADER = {"s3": "If-None-Match: *", "gs": "x-goog-if-generation-match: 0"}
