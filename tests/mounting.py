@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artfs.fs.daemon import mount_files, mounted_fs_type, process_alive, wait_for_exit
+
+def _daemon() -> Any:
+    """``artfs.fs.daemon``, imported at the first mount: it imports pyfuse3, and
+    the lower tiers (t1, t2), which import this module through conftest, must be
+    collected and run where pyfuse3 is not installed."""
+    from artfs.fs import daemon
+
+    return daemon
 
 
 @dataclass
@@ -88,7 +95,7 @@ def start_mount(
         env=env,
         timeout=90,
     )
-    pid_file, log_file = mount_files(state_dir, mountpoint.absolute())
+    pid_file, log_file = _daemon().mount_files(state_dir, mountpoint.absolute())
     if proc.returncode != 0:
         log = log_file.read_text(errors="replace") if log_file.exists() else "(no log)"
         raise AssertionError(f"artfs mount exited {proc.returncode}:\n{proc.stderr}\nlog:\n{log}")
@@ -98,17 +105,18 @@ def start_mount(
 
 def stop_mount(m: Mount) -> None:
     """Unmount and make sure the daemon is gone, whatever state the mount is in."""
+    daemon = _daemon()
     try:
-        if mounted_fs_type(m.path) is not None:
+        if daemon.mounted_fs_type(m.path) is not None:
             proc = artfs_cli("umount", str(m.path), "--state", str(m.state_dir), env=m.env)
             if proc.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
     finally:
-        if not wait_for_exit(m.pid, 10) and process_alive(m.pid):
+        if not daemon.wait_for_exit(m.pid, 10) and daemon.process_alive(m.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(m.pid, signal.SIGKILL)
-            wait_for_exit(m.pid, 10)
-        if mounted_fs_type(m.path) is not None:
+            daemon.wait_for_exit(m.pid, 10)
+        if daemon.mounted_fs_type(m.path) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
 
 

@@ -1,7 +1,7 @@
 """CloudStore on real servers: S3 (SeaweedFS), GCS (fake-gcs-server) and Azure
-(Azurite) on 127.0.0.1: the conditional-write probe on each service, faults
-and two daemons committing at once on each, configuration by the usual
-conventions, multipart uploads.
+(Azurite) on 127.0.0.1: the conditional-write probe on each service, faults,
+configuration by the usual conventions, multipart uploads. (Two daemons
+committing at once on each service through faults: t4_mount_s3_bucket.py.)
 
 The store interface itself (puts, create-only, compare-and-swap, listing) is
 tested for every backend in t1_objects_store.py through the ``store_url``
@@ -11,7 +11,6 @@ fixture.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +18,6 @@ import random
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +36,6 @@ from tests.azureserver import AzureServer
 from tests.azureserver import resign as azure_resign
 from tests.faultproxy import FaultProxy, Faults
 from tests.gcsserver import GcsServer
-from tests.mounting import mounted
 from tests.s3server import S3Server
 from tests.trees import make_tree
 
@@ -431,71 +428,6 @@ def test_reads_through_faults_are_right_or_fail_on_gcs_and_azure(
         injected = dict(proxy.injected)
     assert injected["reset_body"] + injected["error"] + injected["reset"] > 0, injected
     assert right > 0.9 * (right + failed)
-
-
-def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
-    service: Service, tmp_path: Path
-) -> None:
-    """Two machines (daemons with their own caches and state, each behind its own
-    fault proxy) commit into one artifact at once, round after round: every
-    round gives two versions, each with exactly its writer's files."""
-    url = service.new_url()
-    env0 = dict(os.environ, ARTFS_CONFIG=str(tmp_path / "none.toml"))
-    api = Api(store=url, cache=str(tmp_path / "api-cache"))
-    api.put([make_tree(tmp_path / "v0", {"base.txt": "zero"})], "proj/ds")
-    faults = Faults(error=0.03, reset=0.03, lost_reply=0.05, delay=0.1, delay_seconds=0.05)
-    rounds = 2
-    with contextlib.ExitStack() as stack:
-        machines = []
-        for i in (1, 2):
-            proxy = stack.enter_context(service.proxy(Faults(**vars(faults)), seed=i))
-            env = dict(env0, **service.env_via(proxy.url), ARTFS_STORE_TIMEOUT="30")
-            m = stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt{i}",
-                    store_url=url,
-                    cache_dir=tmp_path / f"cache{i}",
-                    state_dir=tmp_path / f"state{i}",
-                    env=env,
-                    args=["--ttl", "1"],
-                )
-            )
-            machines.append((i, m, proxy))
-        for r in range(rounds):
-            for i, m, _ in machines:
-                staging = m.path / "proj/ds/staging"
-                for j in range(5):
-                    (staging / f"w{i}-r{r}-{j}.txt").write_text(f"writer {i} round {r} file {j}")
-            barrier = threading.Barrier(len(machines))
-            results: dict[int, subprocess.CompletedProcess[str]] = {}
-
-            def commit(i: int, m, barrier=barrier, results=results) -> None:
-                barrier.wait()
-                results[i] = subprocess.run(
-                    ["touch", str(m.path / "proj/ds/staging/.commit")],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
-
-            threads = [threading.Thread(target=commit, args=(i, m)) for i, m, _ in machines]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert all(p.returncode == 0 for p in results.values()), results
-        injected = sum(sum(p.injected.values()) for _, _, p in machines)
-    assert injected > 0
-    versions = api.artifact_versions("proj/ds")
-    assert [v.record.number for v in versions] == list(range(1 + rounds * len(machines)))
-    seen = set()
-    for v in versions[1:]:
-        names = {p for p, _s, _d in v.files() if p.startswith("w")}
-        owners = {n.split("-")[0] + "-" + n.split("-")[1] for n in names}
-        assert len(owners) == 1 and len(names) == 5, names  # one writer's round, whole
-        seen |= owners
-    assert seen == {f"w{i}-r{r}" for i in (1, 2) for r in range(rounds)}
-    assert api.artifact("proj/ds:latest").record.number == rounds * len(machines)
 
 
 def _parts(proxy: FaultProxy) -> list[str]:

@@ -1,19 +1,14 @@
-"""Manifest format 2 (mtimes, permission bits) and format 1, which still reads."""
+"""Manifest format 2 (mtimes, permission bits) and format 1, which still reads
+(and shows through a mount: t4_mount_manifest_format.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import stat
-import time
 from pathlib import Path
 
-from artfs.api import Api
-from artfs.digest import digest_bytes, digest_file
+from artfs.digest import digest_bytes
 from artfs.manifest import Manifest, ManifestBuilder
-from artfs.repo import Version, layout
-from tests.mounting import mounted
 
 
 def format_1(path: Path) -> None:
@@ -45,7 +40,7 @@ def test_format_2_keeps_modes_and_mtimes(tmp_path: Path) -> None:
     assert other.tree_digest() != b.tree_digest()  # an mtime is part of the tree
 
 
-def test_format_1_still_reads(tmp_path: Path, api: Api, store_url, cache_dir, artfs_env) -> None:
+def test_format_1_still_reads(tmp_path: Path) -> None:
     b = ManifestBuilder()
     b.add_file("a/x.txt", 2, digest_bytes(b"x\n"), executable=True)
     b.write(tmp_path / "m")
@@ -59,40 +54,3 @@ def test_format_1_still_reads(tmp_path: Path, api: Api, store_url, cache_dir, ar
     edited = ManifestBuilder.from_manifest(old, default_mtime_ns=42)
     edited.write(tmp_path / "m2")
     assert {p: e.mtime_ns for p, e in Manifest(tmp_path / "m2").walk()} == {"a": 42, "a/x.txt": 42}
-
-    # A version in the store whose manifest is format 1, shown by a mount.
-    repo = api.repo
-    repo.create_project("proj", exist_ok=True)
-    repo.create_artifact("proj", "old", "dataset")
-    blob = tmp_path / "x"
-    blob.write_bytes(b"x\n")
-    repo.store.put_file(layout.blob_key(digest_bytes(b"x\n")), blob)
-    manifest_digest, _ = digest_file(tmp_path / "m")
-    repo.store.put_file(layout.blob_key(manifest_digest), tmp_path / "m")
-    created = time.time() - 1000
-    v = repo.create_version_record(
-        Version(
-            project="proj",
-            artifact="old",
-            number=-1,
-            manifest=manifest_digest,
-            tree=tree,
-            created=created,
-            size=2,
-            file_count=1,
-        )
-    )
-    repo.advance_latest("proj", "old", v.number)
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=artfs_env,
-    ) as mnt:
-        f = mnt.path / "proj/old/v0/a/x.txt"
-        assert f.read_text() == "x\n"
-        st = os.stat(f)
-        assert stat.S_IMODE(st.st_mode) == 0o755
-        assert abs(st.st_mtime - created) < 1e-3
-        assert abs(os.stat(mnt.path / "proj/old/v0/a").st_mtime - created) < 1e-3

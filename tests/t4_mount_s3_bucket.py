@@ -1,5 +1,6 @@
 """Mounts of one S3 bucket (SeaweedFS on 127.0.0.1): several daemons with caches
-of their own, time to first byte through FUSE, and reads through faults."""
+of their own, time to first byte through FUSE, and reads through faults; and
+two daemons committing through faults on every service (S3, GCS, Azure)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from artfs.api import Api
 from tests.faultproxy import FaultProxy, Faults
 from tests.mounting import mounted
 from tests.s3server import S3Server, TtfbStore
+from tests.t1_objects_cloud import Service, service  # noqa: F401 - fixture
 from tests.trees import make_tree, read_tree
 
 MiB = 1 << 20
@@ -185,3 +187,69 @@ def test_reads_through_faults_in_the_mount_are_right_or_eio(
         assert time.monotonic() - start < 20
     print("right", right, "eio", eio, "faults", injected)
     assert injected > 5 and right >= len(files) - 2
+
+
+def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
+    service: Service,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """Two machines (daemons with their own caches and state, each behind its own
+    fault proxy) commit into one artifact at once, round after round: every
+    round gives two versions, each with exactly its writer's files."""
+    url = service.new_url()
+    env0 = dict(os.environ, ARTFS_CONFIG=str(tmp_path / "none.toml"))
+    api = Api(store=url, cache=str(tmp_path / "api-cache"))
+    api.put([make_tree(tmp_path / "v0", {"base.txt": "zero"})], "proj/ds")
+    faults = Faults(error=0.03, reset=0.03, lost_reply=0.05, delay=0.1, delay_seconds=0.05)
+    rounds = 2
+    with contextlib.ExitStack() as stack:
+        machines = []
+        for i in (1, 2):
+            proxy = stack.enter_context(service.proxy(Faults(**vars(faults)), seed=i))
+            env = dict(env0, **service.env_via(proxy.url), ARTFS_STORE_TIMEOUT="30")
+            m = stack.enter_context(
+                mounted(
+                    tmp_path / f"mnt{i}",
+                    store_url=url,
+                    cache_dir=tmp_path / f"cache{i}",
+                    state_dir=tmp_path / f"state{i}",
+                    env=env,
+                    args=["--ttl", "1"],
+                )
+            )
+            machines.append((i, m, proxy))
+        for r in range(rounds):
+            for i, m, _ in machines:
+                staging = m.path / "proj/ds/staging"
+                for j in range(5):
+                    (staging / f"w{i}-r{r}-{j}.txt").write_text(f"writer {i} round {r} file {j}")
+            barrier = threading.Barrier(len(machines))
+            results: dict[int, subprocess.CompletedProcess[str]] = {}
+
+            def commit(i: int, m, barrier=barrier, results=results) -> None:
+                barrier.wait()
+                results[i] = subprocess.run(
+                    ["touch", str(m.path / "proj/ds/staging/.commit")],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+
+            threads = [threading.Thread(target=commit, args=(i, m)) for i, m, _ in machines]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert all(p.returncode == 0 for p in results.values()), results
+        injected = sum(sum(p.injected.values()) for _, _, p in machines)
+    assert injected > 0
+    versions = api.artifact_versions("proj/ds")
+    assert [v.record.number for v in versions] == list(range(1 + rounds * len(machines)))
+    seen = set()
+    for v in versions[1:]:
+        names = {p for p, _s, _d in v.files() if p.startswith("w")}
+        owners = {n.split("-")[0] + "-" + n.split("-")[1] for n in names}
+        assert len(owners) == 1 and len(names) == 5, names  # one writer's round, whole
+        seen |= owners
+    assert seen == {f"w{i}-r{r}" for i in (1, 2) for r in range(rounds)}
+    assert api.artifact("proj/ds:latest").record.number == rounds * len(machines)
