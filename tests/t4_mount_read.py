@@ -339,6 +339,7 @@ def test_missing_blob_gives_eio(api, mount, tmp_path: Path) -> None:
     assert "missing from the store" in m.log_text()
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # its own local store
 def test_file_over_4_gib(cache_dir: Path, tmp_path: Path, mount) -> None:
     # Always a local store: what is tested is the mount's 64-bit sizes and
     # offsets, and a local store takes the sparse file without copying it.
@@ -366,6 +367,7 @@ def test_file_over_4_gib(cache_dir: Path, tmp_path: Path, mount) -> None:
         assert f.read(16) == b"\0" * 16
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # its own local store
 def test_a_slow_fetch_holds_up_no_other_request(cache_dir: Path, tmp_path: Path, mount) -> None:
     # A local store whose blob is a named pipe: its fetch waits until the
     # test writes the bytes, as long as a slow network would.

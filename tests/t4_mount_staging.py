@@ -379,6 +379,7 @@ def tiny_disk(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # its own store, on a tmpfs
 def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env, tmp_path):
     with (
         tiny_disk(tmp_path / "small-store", "1m") as small_store,

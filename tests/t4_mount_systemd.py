@@ -134,6 +134,8 @@ def test_ready_only_once_the_mount_answers_and_stop_keeps_staging(
             assert (mnt / "proj/ds/staging/kept.txt").read_text() == "staged"
 
 
+# The mountpoint is refused before the store is opened: one store kind is enough.
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_no_ready_when_the_mount_fails(artfs_env, tmp_path: Path) -> None:
     env = daemon_env(artfs_env, tmp_path / "notify.sock")
     not_a_dir = tmp_path / "file"
