@@ -141,9 +141,12 @@ def test_latest_follows_a_put_from_another_process(api, mount, run_artfs, tmp_pa
 
     make_tree(tmp_path / "one", {"model.txt": "v1 weights"})
     run_artfs("put", str(src), "-n", "proj/model", "-t", "model")
+    # The promise is a time bound: the new version shows once the TTL (1 s) is
+    # over, for the kernel's entry and the daemon's listing; the bound leaves
+    # room for a loaded machine.
     start = time.monotonic()
     while (latest / "model.txt").read_text() != "v1 weights":
-        assert time.monotonic() - start < 4, "latest did not follow the new version"
+        assert time.monotonic() - start < 2 * 1 + 6, "latest did not follow the new version"
         time.sleep(0.1)
     assert os.readlink(latest) == "v1"
     assert "v1" in os.listdir(m.path / "proj" / "model")

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
+from artfs.cache import PART_SIZE, READAHEAD_PARTS
 from tests.faultproxy import FaultProxy, Faults
 from tests.mounting import mounted
-from tests.s3server import S3Server, TtfbStore
+from tests.s3server import BIG_SIZE, SMALL_SIZE, S3Server, TtfbStore
 from tests.t1_objects_cloud import Service, service  # noqa: F401 - fixture
 from tests.trees import make_tree, read_tree
 
@@ -74,8 +75,9 @@ def test_two_daemons_with_their_own_caches_share_one_bucket(
         [make_tree(tmp_path / "v1", {"a.txt": "one", "b.bin": os.urandom(20 * MiB)})], "proj/ds"
     )
     for m in (one, two):
-        took = _eventually(lambda m=m: os.readlink(m.path / "proj/ds/latest") == "v1", 10)
-        assert took <= TTL + 2
+        took = _eventually(lambda m=m: os.readlink(m.path / "proj/ds/latest") == "v1", 30)
+        # The promise is a time bound (the TTL); the margin is for a loaded machine.
+        assert took <= TTL + 4, took
         assert read_tree(m.path / "proj/ds/v1") == read_tree(tmp_path / "v1")
     assert (tmp_path / "cache-one").exists() and (tmp_path / "cache-two").exists()
 
@@ -122,32 +124,29 @@ def test_two_daemons_with_their_own_caches_share_one_bucket(
         ]
 
 
-def _first_byte(path: Path, offset: int) -> float:
-    start = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, 4096, offset)
-    finally:
-        os.close(fd)
-    took = time.perf_counter() - start
-    assert len(data) == 4096
-    return took
-
-
-def test_time_to_first_byte_through_the_mount(
+def test_the_first_byte_through_the_mount_costs_a_few_parts_whatever_the_file_size(
     mounts,
     ttfb_store: TtfbStore,
 ) -> None:
-    small, big = [], []
-    for i in range(3):
-        m = mounts(f"ttfb{i}", url=ttfb_store.url)  # a cold cache each time
-        v0 = m.path / "proj/ttfb/v0"
-        assert (v0 / "big.bin").stat().st_size == 4 << 30  # metadata loaded first
-        small.append(_first_byte(v0 / "small.bin", 20 * MiB))
-        big.append(_first_byte(v0 / "big.bin", 2 << 30))
-    s, b = sorted(small)[1], sorted(big)[1]
-    print(f"mount time to first byte: 40 MiB {s * 1000:.0f} ms, 4 GiB {b * 1000:.0f} ms")
-    assert b < max(4 * s, s + 0.5)
+    """A cold read in the middle of a 4 GiB file is answered after a few of its
+    512 parts, as in a 40 MiB file, never after the whole file: counted by the
+    daemon, not timed (bench_s3 times it)."""
+    for name, offset in (("small.bin", 2 * PART_SIZE), ("big.bin", 2 << 30)):
+        m = mounts(f"ttfb-{name}", url=ttfb_store.url)  # a cold cache each time
+        path = m.path / "proj/ttfb/v0" / name
+        assert path.stat().st_size in (SMALL_SIZE, BIG_SIZE)  # metadata loaded first
+        before = m.stats()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert len(os.pread(fd, 4096, offset)) == 4096
+        finally:
+            os.close(fd)
+        after = m.stats()
+        parts = after["part_fetches"] - before["part_fetches"]
+        # The part read, and at most a read-ahead window started by the kernel's
+        # read-ahead; never the whole blob.
+        assert 1 <= parts <= 1 + READAHEAD_PARTS, (name, parts)
+        assert after["fetches"] == before["fetches"], name
 
 
 def test_reads_through_faults_in_the_mount_are_right_or_eio(
@@ -184,6 +183,7 @@ def test_reads_through_faults_in_the_mount_are_right_or_eio(
         with pytest.raises(OSError) as e:
             large.read_bytes()
         assert e.value.errno == errno.EIO
+        # The promise is a time bound (EIO after the 2 s timeout, not a hang).
         assert time.monotonic() - start < 20
     print("right", right, "eio", eio, "faults", injected)
     assert injected > 5 and right >= len(files) - 2
