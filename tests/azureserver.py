@@ -17,7 +17,6 @@ import hmac
 import http.client
 import shutil
 import subprocess
-import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcsserver import exported, stop_process
-from tests.s3server import free_port
+from tests.servers import exported, free_port, spawn, stop_process, wait_ready
 
 # Azurite's development account (public, the same in every Azurite).
 ACCOUNT = "devstoreaccount1"
@@ -135,8 +133,7 @@ def start_azurite(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     storage = ["--inMemoryPersistence"] if in_memory else ["--location", str(data_dir / "data")]
-    log = open(data_dir / "azurite.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             azurite_binary(),
             "--blobHost",
@@ -148,13 +145,9 @@ def start_azurite(
             "--disableTelemetry",
             "--silent",
         ],
-        cwd=data_dir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        data_dir,
+        "azurite.log",
     )
-    log.close()
     server = AzureServer(port, proc.pid, data_dir)
     try:
         _make_container(server, proc, timeout)
@@ -165,32 +158,26 @@ def start_azurite(
 
 
 def _make_container(server: AzureServer, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
     target = f"/{server.account}/{server.container}?restype=container"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (server.data_dir / "azurite.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"azurite exited with {proc.returncode}:\n{log}")
+
+    def container_made() -> bool:
         headers = {
             "Content-Length": "0",
             "x-ms-date": formatdate(usegmt=True),
             "x-ms-version": "2021-08-06",
         }
         headers["Authorization"] = shared_key("PUT", target, headers)
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-            conn.request("PUT", target, body=b"", headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.status in (201, 409):
-                return
-            last = RuntimeError(f"container creation answered {resp.status}")
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise RuntimeError(f"azurite on port {server.port} not ready in {timeout}s: {last}")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("PUT", target, body=b"", headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        if resp.status not in (201, 409):
+            raise RuntimeError(f"container creation answered {resp.status}")
+        return True
+
+    log = server.data_dir / "azurite.log"
+    wait_ready(proc, log, f"azurite on port {server.port}", container_made, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -55,7 +54,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3server import free_port
+from tests.servers import exported, free_port, spawn, stop_process, wait_ready
 
 BUCKET = "artfs"
 REPO = Path(__file__).resolve().parent.parent
@@ -389,81 +388,35 @@ def stop_gcs(procs: list[subprocess.Popen]) -> None:
 
 
 def _spawn(args: list[str], data_dir: Path, log_name: str) -> subprocess.Popen:
+    # The front is this module, run from the checkout.
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    with open(data_dir / log_name, "wb") as log:
-        return subprocess.Popen(
-            args,
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    return spawn(args, data_dir, log_name, cwd=REPO, env=env)
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"GCS front exited with {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"GCS front on port {port} not ready in {timeout}s")
+    def answers() -> bool:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+
+    wait_ready(proc, log, f"GCS front on port {port}", answers, timeout=timeout, interval=0.05)
 
 
 def _wait_and_make_bucket(port: int, proc: subprocess.Popen, data_dir: Path, timeout: float):
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (data_dir / "fake-gcs.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"fake-gcs-server exited with {proc.returncode}:\n{log}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            body = json.dumps({"name": BUCKET}).encode()
-            conn.request(
-                "POST", "/storage/v1/b?project=artfs", body, {"Content-Type": "application/json"}
-            )
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.status in (200, 409):
-                return
-            last = RuntimeError(f"bucket creation answered {resp.status}")
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise RuntimeError(f"fake-gcs-server on port {port} not ready in {timeout}s: {last}")
+    def bucket_made() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        body = json.dumps({"name": BUCKET}).encode()
+        conn.request(
+            "POST", "/storage/v1/b?project=artfs", body, {"Content-Type": "application/json"}
+        )
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        if resp.status not in (200, 409):
+            raise RuntimeError(f"bucket creation answered {resp.status}")
+        return True
 
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-
-
-@contextlib.contextmanager
-def exported(env: dict[str, str]):
-    """``env`` in os.environ for the block (fixtures: CLI subprocesses inherit it)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    log = data_dir / "fake-gcs.log"
+    wait_ready(proc, log, f"fake-gcs-server on port {port}", bucket_made, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,10 @@ new prefix in the session's bucket.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests.servers import exported, free_port, spawn, stop_process, wait_ready
+
 ACCESS_KEY = "artfs-test"
 SECRET_KEY = "artfs-test-secret"
 BUCKET = "artfs"
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str:
@@ -124,20 +116,9 @@ def start_seaweedfs(
         f"-volume.max={max_volumes}",
         f"-bucket={BUCKET}",
     ]
-    env = dict(os.environ)
     # weed mini makes an admin identity from these.
-    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        args,
-        cwd=data_dir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    log.close()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    proc = spawn(args, data_dir, "weed.log", env=env)
     server = S3Server(ports["s3.port"], proc.pid, data_dir)
     try:
         _wait_ready(server, proc, timeout)
@@ -153,49 +134,27 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen, timeout: float) -> Non
     store = server.raw(
         client_options={"allow_http": True, "timeout": "5s"}, retry_config={"max_retries": 0}
     )
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
     key = f"ready/{uuid.uuid4().hex}"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = (server.data_dir / "weed.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{log}")
-        try:
-            obstore.put(store, key, b"ready")
-            obstore.delete(store, key)
-            return
-        except Exception as e:  # not up yet
-            last = e
-            time.sleep(0.3)
-    raise RuntimeError(f"SeaweedFS S3 on port {server.port} not ready in {timeout}s: {last}")
+
+    def answers() -> bool:
+        obstore.put(store, key, b"ready")
+        obstore.delete(store, key)
+        return True
+
+    what = f"SeaweedFS S3 on port {server.port}"
+    wait_ready(proc, server.data_dir / "weed.log", what, answers, timeout=timeout, interval=0.3)
 
 
-def stop_seaweedfs(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+stop_seaweedfs = stop_process  # the name the benchmarks use
 
 
 @pytest.fixture(scope="session")
 def s3server(tmp_path_factory: pytest.TempPathFactory):
     server, proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
-        yield server
+        with exported(server.env()):
+            yield server
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         stop_seaweedfs(proc)
 
 
