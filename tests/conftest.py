@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from artfs.api import Api
 from tests.azureserver import az_url, azureserver  # noqa: F401 - fixtures
 from tests.gcsserver import gcs_url, gcsserver  # noqa: F401 - fixtures
-from tests.mounting import artfs_cli
+from tests.mounting import Mount, artfs_cli, mount_factory
 from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
@@ -173,3 +173,17 @@ def run_artfs(artfs_env: dict[str, str]):
         return artfs_cli(*args, env=env or artfs_env, timeout=timeout, check=check, input=input)
 
     return run
+
+
+@pytest.fixture
+def new_mount(
+    store_url: str, cache_dir: Path, artfs_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., Mount]]:
+    """``new_mount(*options, **overrides)`` -> a Mount of this test's store, cache,
+    state and environment on a fresh mountpoint (``mounting.mount_factory``); all
+    unmounted at the end of the test, before its store is checked."""
+    state_dir = tmp_path / "state"
+    with mount_factory(
+        tmp_path, store_url, cache_dir=cache_dir, state_dir=state_dir, env=artfs_env
+    ) as mount:
+        yield mount

@@ -3,6 +3,12 @@
     with mounted(tmp_path / "mnt", store_url=..., cache_dir=..., state_dir=...) as m:
         (m.path / "proj/ds/latest/a.txt").read_text()
 
+    with mounted_here(tmp_path, store_url, env=artfs_env) as m:  # this test's dirs
+        ...
+
+    with mount_factory(tmp_path, store_url, env=artfs_env) as mount:  # many mounts
+        one, two = mount(name="-one"), mount("--ttl", "1", name="-two")
+
 The mount is made by the real CLI (so readiness, daemonizing and logging are
 what users get) and undone in ``finally`` by ``artfs umount``; if that
 fails, the mount is detached and the daemon this mount started is killed by
@@ -12,12 +18,13 @@ its pid, so a failing test never leaves a mount or a process behind.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,3 +173,50 @@ def mounted(
     if check_log:
         problems = log_problems(m.log_text(), allowed_errors)
         assert not problems, "the daemon logged:\n" + "\n".join(problems)
+
+
+def mounted_here(
+    tmp_path: Path,
+    store_url: str,
+    *,
+    name: str = "",
+    mountpoint: Path | None = None,
+    cache_dir: Path | None = None,
+    state_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    **kw: Any,
+) -> contextlib.AbstractContextManager[Mount]:
+    """``mounted`` on a test's own directories: ``tmp_path/mnt<name>``, with the
+    cache ``tmp_path/cache<name>`` and the state ``tmp_path/state<name>`` unless
+    given: each name is a machine of its own. With no name these are conftest's
+    ``cache_dir`` and the state directory of its ``artfs_env``."""
+    return mounted(
+        mountpoint or tmp_path / f"mnt{name}",
+        store_url=store_url,
+        cache_dir=cache_dir or tmp_path / f"cache{name}",
+        state_dir=state_dir or tmp_path / f"state{name}",
+        env=env,
+        **kw,
+    )
+
+
+@contextlib.contextmanager
+def mount_factory(
+    tmp_path: Path, store_url: str, **defaults: Any
+) -> Iterator[Callable[..., Mount]]:
+    """``mount(*options, name=None, **overrides)`` -> a Mount made by
+    ``mounted_here`` with ``defaults`` (an override of None keeps the default);
+    unnamed mounts go on ``mnt0``, ``mnt1``, ...; every one is unmounted when
+    the block ends, whatever happened in it."""
+    with contextlib.ExitStack() as stack:
+        count = itertools.count()
+
+        def mount(*options: str, name: str | None = None, **overrides: Any) -> Mount:
+            opts = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
+            url = opts.pop("store_url", store_url)
+            if options:
+                opts["args"] = options
+            label = str(next(count)) if name is None else name
+            return stack.enter_context(mounted_here(tmp_path, url, name=label, **opts))
+
+        yield mount

@@ -29,7 +29,7 @@ from artfs.repo import layout
 from artfs.repo.records import CorruptRecord, RepoError
 from artfs.repo.registry import encode_record
 from artfs.staging import StagingError
-from tests.mounting import mounted
+from tests.mounting import mounted_here
 from tests.trees import make_tree
 
 GID = 4242
@@ -108,11 +108,10 @@ def test_every_visibility_for_members_and_others(
         layout.project_key("badgroup"), encode_record({"visibility": "open", "group": "../x"})
     )
     mnt = shared_dir / "mnt"
-    with mounted(
-        mnt,
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
+    with mounted_here(
+        tmp_path,
+        store_url,
+        mountpoint=mnt,
         env=artfs_env,
         args=["--ttl", str(TTL), "-o", "allow_other,default_permissions"],
     ) as m:
@@ -180,11 +179,10 @@ def test_a_visibility_change_shows_within_the_ttl(
     api.create_project("p", "private", str(GID))
     api.put([make_tree(tmp_path / "src", {"a.txt": "hello"})], "p/ds")
     mnt = shared_dir / "mnt"
-    with mounted(
-        mnt,
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
+    with mounted_here(
+        tmp_path,
+        store_url,
+        mountpoint=mnt,
         env=artfs_env,
         args=["--ttl", str(TTL), "-o", "allow_other,default_permissions"],
     ):
@@ -283,9 +281,7 @@ def test_credentials_warning_only_for_a_config_others_can_read(
     assert credentials_warning(load_settings()) is None  # no secret in it
     config.write_text('store = "/x"\n[object_store]\nsecret_access_key = "k"\n')
     assert "readable by others" in (credentials_warning(load_settings()) or "")
-    with mounted(
-        tmp_path / "mnt", store_url=store_url, cache_dir=cache_dir, state_dir=tmp_path / "state"
-    ) as m:
+    with mounted_here(tmp_path, store_url) as m:
         assert "readable by others" in m.log_text()  # the daemon says so at start
     config.chmod(0o600)
     assert credentials_warning(load_settings()) is None

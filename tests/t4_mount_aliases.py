@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
-from tests.mounting import artfs_cli, mounted
+from tests.mounting import artfs_cli, mounted_here
 from tests.trees import make_tree
 
 
@@ -18,13 +18,7 @@ from tests.trees import make_tree
 def art(api: Api, store_url, cache_dir, artfs_env, tmp_path: Path):
     for i in range(3):
         api.put([make_tree(tmp_path / f"v{i}", {"n": str(i)})], "proj/ds")
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=artfs_env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, env=artfs_env) as m:
         yield m.path / "proj/ds"
 
 

@@ -4,7 +4,6 @@ real mounts, on a local store and on S3."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import time
@@ -15,7 +14,6 @@ import pytest
 from artfs.api import Api
 from artfs.cache.readers import CHECK_INTERVAL
 from artfs.repo.layout import blob_key
-from tests.mounting import mounted
 from tests.trees import make_tree, read_tree
 
 MiB = 1 << 20
@@ -44,24 +42,11 @@ def _drop_page_cache(path: Path) -> None:
 
 
 @pytest.fixture
-def mount(store_url, cache_dir, artfs_env, tmp_path):
-    with contextlib.ExitStack() as stack:
-        count = iter(range(100))
+def mount(new_mount):
+    def make(*args: str, allowed_errors=None):
+        return new_mount(*args, allowed_errors=allowed_errors)
 
-        def make(*args: str, allowed_errors=None):
-            return stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt{next(count)}",
-                    store_url=store_url,
-                    cache_dir=cache_dir,
-                    state_dir=tmp_path / "state",
-                    env=artfs_env,
-                    args=args,
-                    allowed_errors=allowed_errors,
-                )
-            )
-
-        yield make
+    return make
 
 
 def test_get_shares_no_inode_with_the_cache_unless_asked(

@@ -15,26 +15,18 @@ import pytest
 
 from artfs.api import Api
 from artfs.repo.drafts import get_draft
-from tests.mounting import mounted
+from tests.mounting import mount_factory
 from tests.trees import make_tree, read_tree
 
 
 @pytest.fixture
 def mount(store_url, artfs_env, tmp_path):
     """``mount(name)`` -> a Mount with its own state and cache (a machine of its own)."""
-    with contextlib.ExitStack() as stack:
+    with mount_factory(tmp_path, store_url, env=artfs_env) as new_mount:
 
         def make(name: str, state: str | None = None, **kw):
-            return stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt-{name}",
-                    store_url=store_url,
-                    cache_dir=tmp_path / f"cache-{name}",
-                    state_dir=tmp_path / f"state-{state or name}",
-                    env=artfs_env,
-                    **kw,
-                )
-            )
+            state_dir = tmp_path / f"state-{state}" if state else None
+            return new_mount(name=f"-{name}", state_dir=state_dir, **kw)
 
         yield make
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.mounting import mounted
+from tests.mounting import mounted_here
 from tests.trees import make_tree
 
 
@@ -14,13 +14,7 @@ def test_reads_and_commits_through_the_mount_are_attributed_to_the_run(
 ) -> None:
     run_artfs("put", str(make_tree(tmp_path / "raw", {"x.csv": "1,2"})), "-n", "proj/raw")
     run_artfs("put", str(make_tree(tmp_path / "other", {"y": "y"})), "-n", "proj/other")
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=artfs_env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, env=artfs_env) as m:
         (m.path / "proj" / "model").mkdir()
         train = (
             f"cat {m.path}/proj/raw/latest/x.csv > /dev/null && "

@@ -12,7 +12,7 @@ from artfs.api import Api
 from artfs.digest import digest_bytes, digest_file
 from artfs.manifest import ManifestBuilder
 from artfs.repo import Version, layout
-from tests.mounting import mounted
+from tests.mounting import mounted_here
 from tests.t2_manifest_format import format_1
 
 
@@ -46,13 +46,7 @@ def test_a_format_1_version_shows_through_the_mount(
         )
     )
     repo.advance_latest("proj", "old", v.number)
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=artfs_env,
-    ) as mnt:
+    with mounted_here(tmp_path, store_url, env=artfs_env) as mnt:
         f = mnt.path / "proj/old/v0/a/x.txt"
         assert f.read_text() == "x\n"
         st = os.stat(f)

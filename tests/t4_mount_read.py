@@ -23,32 +23,20 @@ from artfs.fs.daemon import is_stale, mounted_fs_type, process_alive, wait_for_e
 from artfs.manifest import ManifestBuilder
 from artfs.repo import commit_tree, hash_files
 from artfs.repo.layout import blob_key
-from tests.mounting import artfs_cli, mounted
+from tests.mounting import artfs_cli
 from tests.trees import make_tree, read_tree
 
 DEEP = "/".join(f"d{i}" for i in range(40))
 
 
 @pytest.fixture
-def mount(store_url, cache_dir, artfs_env, tmp_path):
+def mount(new_mount):
     """``mount(*args)`` -> Mount on a fresh mountpoint; all unmounted at the end."""
-    with contextlib.ExitStack() as stack:
-        count = iter(range(100))
 
-        def make(*args: str, mountpoint: Path | None = None, store: str | None = None):
-            mp = mountpoint or tmp_path / f"mnt{next(count)}"
-            return stack.enter_context(
-                mounted(
-                    mp,
-                    store_url=store or store_url,
-                    cache_dir=cache_dir,
-                    state_dir=tmp_path / "state",
-                    env=artfs_env,
-                    args=args,
-                )
-            )
+    def make(*args: str, mountpoint: Path | None = None, store: str | None = None):
+        return new_mount(*args, mountpoint=mountpoint, store_url=store)
 
-        yield make
+    return make
 
 
 @pytest.fixture

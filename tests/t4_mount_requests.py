@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from tests.mounting import Mount, mounted
+from tests.mounting import Mount, mounted_here
 
 FILES = 300
 
@@ -27,13 +27,7 @@ def mnt(api, store_url, cache_dir, artfs_env, tmp_path):
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:04d}.txt").write_bytes(f"file {i}\n".encode() * (i + 1))
     api.put([src], "proj/many")
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=artfs_env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, env=artfs_env) as m:
         yield m, src
 
 

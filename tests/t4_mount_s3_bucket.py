@@ -18,7 +18,7 @@ import pytest
 from artfs.api import Api
 from artfs.cache import PART_SIZE, READAHEAD_PARTS
 from tests.faultproxy import FaultProxy, Faults
-from tests.mounting import mounted
+from tests.mounting import mount_factory, mounted_here
 from tests.s3server import BIG_SIZE, SMALL_SIZE, S3Server, TtfbStore
 from tests.t1_objects_cloud import Service, service  # noqa: F401 - fixture
 from tests.trees import make_tree, read_tree
@@ -31,21 +31,12 @@ TTL = 1.0
 def mounts(s3_url: str, tmp_path: Path):
     """``mount(name, env=None)`` -> a mount of this test's bucket prefix with a
     cache and state of its own; all unmounted at the end."""
-    with contextlib.ExitStack() as stack:
+    with mount_factory(tmp_path, s3_url) as new_mount:
 
         def make(name: str, env: dict[str, str] | None = None, url: str = s3_url):
             env = dict(env or os.environ)
             env["ARTFS_CONFIG"] = str(tmp_path / "none.toml")
-            return stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt-{name}",
-                    store_url=url,
-                    cache_dir=tmp_path / f"cache-{name}",
-                    state_dir=tmp_path / f"state-{name}",
-                    env=env,
-                    args=["--ttl", str(TTL)],
-                )
-            )
+            return new_mount("--ttl", str(TTL), name=f"-{name}", env=env, store_url=url)
 
         yield make
 
@@ -208,14 +199,7 @@ def test_two_daemons_on_one_bucket_commit_through_faults_and_lose_nothing(
             proxy = stack.enter_context(service.proxy(Faults(**vars(faults)), seed=i))
             env = dict(env0, **service.env_via(proxy.url), ARTFS_STORE_TIMEOUT="30")
             m = stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt{i}",
-                    store_url=url,
-                    cache_dir=tmp_path / f"cache{i}",
-                    state_dir=tmp_path / f"state{i}",
-                    env=env,
-                    args=["--ttl", "1"],
-                )
+                mounted_here(tmp_path, url, name=str(i), env=env, args=["--ttl", "1"])
             )
             machines.append((i, m, proxy))
         for r in range(rounds):

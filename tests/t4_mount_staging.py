@@ -19,28 +19,18 @@ from artfs.api import Api
 from artfs.fs.daemon import wait_for_exit
 from artfs.objects import ObjectStore, open_store
 from artfs.repo import layout
-from tests.mounting import artfs_cli, mounted, stop_mount
+from tests.mounting import artfs_cli, mounted_here, stop_mount
 from tests.trees import make_tree, read_tree
 
 
 @pytest.fixture
-def mount(store_url, cache_dir, artfs_env, tmp_path):
+def mount(new_mount):
     """``mount(state=...)`` -> Mount on a fresh mountpoint; all unmounted at the end."""
-    with contextlib.ExitStack() as stack:
-        count = iter(range(100))
 
-        def make(state: Path | None = None, cache: Path | None = None):
-            return stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt{next(count)}",
-                    store_url=store_url,
-                    cache_dir=cache or cache_dir,
-                    state_dir=state or tmp_path / "state",
-                    env=artfs_env,
-                )
-            )
+    def make(state: Path | None = None, cache: Path | None = None):
+        return new_mount(state_dir=state, cache_dir=cache)
 
-        yield make
+    return make
 
 
 @pytest.fixture
@@ -384,12 +374,8 @@ def test_full_disks_give_enospc_and_keep_staging(store_url, cache_dir, artfs_env
     with (
         tiny_disk(tmp_path / "small-store", "1m") as small_store,
         tiny_disk(tmp_path / "small-state", "2m") as small_state,
-        mounted(
-            tmp_path / "mnt",
-            store_url=str(small_store / "store"),
-            cache_dir=cache_dir,
-            state_dir=small_state,
-            env=artfs_env,
+        mounted_here(
+            tmp_path, str(small_store / "store"), state_dir=small_state, env=artfs_env
         ) as m,
     ):
         (m.path / "proj").mkdir()

@@ -21,7 +21,7 @@ from artfs.digest import digest_bytes, digest_file
 from artfs.fs.daemon import process_alive
 from artfs.manifest import ManifestBuilder
 from artfs.repo import RepoError, Version, layout
-from tests.mounting import mounted
+from tests.mounting import mounted_here
 from tests.trees import make_tree
 
 
@@ -131,13 +131,7 @@ def test_crafted_manifests_cost_one_version(
         assert v.ref in check.stdout
 
     env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mc",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=tmp_path / "mc", env=env) as m:
         art = m.path / "proj/ds"
         for name, v in bad.items():
             if name in ("orphan", "dup-link"):
@@ -233,13 +227,7 @@ def test_bad_control_files_through_staging_fail_the_commit(
     reason: str,
 ) -> None:
     env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mc",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=tmp_path / "mc", env=env) as m:
         os.makedirs(m.path / "proj/ds")
         staging = m.path / "proj/ds/staging"
         (staging / "a").write_text("x")

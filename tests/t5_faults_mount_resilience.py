@@ -21,7 +21,7 @@ from artfs.digest import digest_file
 from artfs.repo import Version
 from artfs.repo.layout import blob_key
 from tests.faultproxy import FaultProxy
-from tests.mounting import artfs_cli, mounted
+from tests.mounting import artfs_cli, mounted_here
 from tests.s3server import S3Server
 from tests.trees import make_tree, read_tree
 
@@ -29,24 +29,11 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def mount(store_url, cache_dir, artfs_env, tmp_path):
-    with contextlib.ExitStack() as stack:
-        count = iter(range(100))
+def mount(new_mount):
+    def make(*args: str, env=None, allowed_errors=None, store=None):
+        return new_mount(*args, env=env, allowed_errors=allowed_errors, store_url=store)
 
-        def make(*args: str, env=None, allowed_errors=None, store=None):
-            return stack.enter_context(
-                mounted(
-                    tmp_path / f"mnt{next(count)}",
-                    store_url=store or store_url,
-                    cache_dir=cache_dir,
-                    state_dir=tmp_path / "state",
-                    env=env or artfs_env,
-                    args=args,
-                    allowed_errors=allowed_errors,
-                )
-            )
-
-        yield make
+    return make
 
 
 def _through_cache(store_url: str) -> list[str]:
@@ -245,11 +232,9 @@ def test_a_store_that_goes_down_does_not_hold_up_stat_of_cached_files(
     with FaultProxy(s3server.port) as proxy:
         env = dict(os.environ, AWS_ENDPOINT_URL=proxy.url, ARTFS_STORE_TIMEOUT=str(timeout))
         env["ARTFS_CONFIG"] = str(tmp_path / "none.toml")
-        with mounted(
-            tmp_path / "mnt",
-            store_url=s3_url,
-            cache_dir=tmp_path / "cache",
-            state_dir=tmp_path / "state",
+        with mounted_here(
+            tmp_path,
+            s3_url,
             env=env,
             args=["--ttl", "0.5"],
             allowed_errors=["keeping the last listing", "failed after", "unreachable"],
@@ -357,11 +342,9 @@ def test_a_hung_store_holds_up_no_lookup_in_another_directory(
         config = tmp_path / "config.toml"
         config.write_text(f"[object_store]\nrequest_timeout = {timeout - 1}\n")
         env["ARTFS_CONFIG"] = str(config)
-        with mounted(
-            tmp_path / "mnt",
-            store_url=s3_url,
-            cache_dir=tmp_path / "cache",
-            state_dir=tmp_path / "state",
+        with mounted_here(
+            tmp_path,
+            s3_url,
             env=env,
             args=["--ttl", "0.5"],
             allowed_errors=["keeping the last listing", "failed after", "timed out"],

@@ -25,7 +25,7 @@ from artfs.repo import Repo, layout
 from artfs.repo.check import check_store
 from artfs.repo.gc import collect_garbage
 from artfs.repo.locks import list_locks
-from tests.mounting import mounted
+from tests.mounting import mounted_here
 from tests.trees import make_tree, read_tree
 
 MiB = 1 << 20
@@ -141,13 +141,7 @@ def test_mount_commit_and_base_commit_survive_gc_in_their_window(
         assert touch.returncode == 0, touch.stderr.read() if touch.stderr else ""
         assert waited, "gc did not wait for the commit in progress"
 
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mcache",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=tmp_path / "mcache", env=env) as m:
         staging = m.path / "proj/ds/staging"
         make_tree(staging, files)  # the same bytes as deleted v0: all deduplicated
         commit_in_window(staging)  # -> v2
@@ -174,13 +168,7 @@ def test_a_base_commit_after_its_base_was_collected_fails_cleanly(
     files = {"a": "only in v0", "b": "also only in v0"}
     api.put([make_tree(tmp_path / "src", files)], "proj/ds")
     env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mcache",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=tmp_path / "mcache", env=env) as m:
         staging = m.path / "proj/ds/staging"
         (staging / ".base").write_text("v0\n")
         (staging / "c").write_text("new")
@@ -245,11 +233,10 @@ def test_a_reader_on_another_machine_finishes_a_version_deleted_and_collected(
     a.put([make_tree(tmp_path / "src1", {"other": "v1"})], "proj/ds")
     time.sleep(2.5)  # older than the grace below
     env = dict(os.environ, ARTFS_CONFIG=str(tmp_path / "none.toml"))
-    with mounted(
-        tmp_path / "mnt-b",
-        store_url=store_url,
-        cache_dir=tmp_path / "cache-b",
-        state_dir=tmp_path / "state-b",
+    with mounted_here(
+        tmp_path,
+        store_url,
+        name="-b",  # another machine: mnt-b, cache-b, state-b
         env=env,
         args=["--via-cache"],  # a local store too is read through B's own cache
     ) as m:
@@ -314,13 +301,7 @@ def test_check_repair_and_mount_start_repair_latest(
     assert api.repo.alias_target("proj", "ds", "latest") == 2
     api.repo.store.put(behind, b'{"version": 1}\n')
     env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=tmp_path / "mc",
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=tmp_path / "mc", env=env) as m:
         assert api.repo.alias_target("proj", "ds", "latest") == 2
         assert os.readlink(m.path / "proj/ds/latest") == "v2"
 
@@ -334,9 +315,12 @@ def test_kill_daemon_at_its_record_recovers_at_mount_start(
     api.put([make_tree(tmp_path / "s0", {"a": "zero"})], "proj/ds")
     pause = tmp_path / "pause"
     base_env = dict(os.environ, ARTFS_CONFIG=artfs_env["ARTFS_CONFIG"])
-    kw = dict(store_url=store_url, cache_dir=tmp_path / "mc", state_dir=tmp_path / "state")
-    with mounted(
-        tmp_path / "mnt", env=dict(base_env, ARTFS_TEST_PAUSE_AFTER_RECORD=str(pause)), **kw
+    mc = tmp_path / "mc"
+    with mounted_here(
+        tmp_path,
+        store_url,
+        cache_dir=mc,
+        env=dict(base_env, ARTFS_TEST_PAUSE_AFTER_RECORD=str(pause)),
     ) as m:
         (m.path / "proj/ds/staging/b").write_text("one")
         touch = subprocess.Popen(
@@ -346,7 +330,7 @@ def test_kill_daemon_at_its_record_recovers_at_mount_start(
         os.kill(m.pid, signal.SIGKILL)
         assert touch.wait(30) != 0  # the commit's caller sees the daemon die
     assert api.repo.alias_target("proj", "ds", "latest") == 0  # the kill left it behind
-    with mounted(tmp_path / "mnt", env=base_env, **kw) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=mc, env=base_env) as m:
         assert api.repo.alias_target("proj", "ds", "latest") == 1
         assert os.readlink(m.path / "proj/ds/latest") == "v1"
         assert [n for n in os.listdir(m.path / "proj/ds/staging") if not n.startswith(".")] == []
