@@ -10,13 +10,14 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from artfs.api import Api
 from tests.azureserver import az_url, azureserver  # noqa: F401 - fixtures
 from tests.gcsserver import gcs_url, gcsserver  # noqa: F401 - fixtures
-from tests.mounting import Mount, artfs_cli, mount_factory
+from tests.mounting import artfs_cli
 from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
@@ -178,10 +179,12 @@ def run_artfs(artfs_env: dict[str, str]):
 @pytest.fixture
 def new_mount(
     store_url: str, cache_dir: Path, artfs_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., Mount]]:
+) -> Iterator[Callable[..., Any]]:
     """``new_mount(*options, **overrides)`` -> a Mount of this test's store, cache,
     state and environment on a fresh mountpoint (``mounting.mount_factory``); all
     unmounted at the end of the test, before its store is checked."""
+    from tests.mounting import mount_factory
+
     state_dir = tmp_path / "state"
     with mount_factory(
         tmp_path, store_url, cache_dir=cache_dir, state_dir=state_dir, env=artfs_env

@@ -33,18 +33,8 @@ def test_a_format_1_version_shows_through_the_mount(
     manifest_digest, _ = digest_file(tmp_path / "m")
     repo.store.put_file(layout.blob_key(manifest_digest), tmp_path / "m")
     created = time.time() - 1000
-    v = repo.create_version_record(
-        Version(
-            project="proj",
-            artifact="old",
-            number=-1,
-            manifest=manifest_digest,
-            tree=tree,
-            created=created,
-            size=2,
-            file_count=1,
-        )
-    )
+    # project, artifact, number (-1: the next), manifest digest, tree, created, size, files
+    v = repo.create_version_record(Version("proj", "old", -1, manifest_digest, tree, created, 2, 1))
     repo.advance_latest("proj", "old", v.number)
     with mounted_here(tmp_path, store_url, env=artfs_env) as mnt:
         f = mnt.path / "proj/old/v0/a/x.txt"
