@@ -47,6 +47,7 @@ from artfs.fs.nodes import (
     make_attr,
 )
 from artfs.fs.staging_nodes import reasons
+from artfs.fsutil import atomic_write
 from artfs.manifest import PERMISSION_BITS
 from artfs.repo import drafts
 from artfs.staging import StagingError
@@ -76,7 +77,7 @@ class DraftSide:
             names.check_name(writer, "writer id")
         except (OSError, names.BadName):
             writer = f"mount-{uuid.uuid4().hex}"
-            id_file.write_text(writer + "\n")
+            atomic_write(id_file, writer + "\n")
         self.writer_id = writer
         self._lock = threading.Lock()
         self._writers: dict[tuple[str, str, str], drafts.PartWriter] = {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -24,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from artfs.fsutil import flock, fsync_dir, fsync_file
 from artfs.hooks import pause_point
 from artfs.objects.base import (
     PUT_WORKERS,
@@ -81,23 +81,6 @@ def _syncfs(path: Path) -> bool:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         return getattr(_libc, "syncfs", None) is not None and _libc.syncfs(fd) == 0
-    finally:
-        os.close(fd)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a create, rename or unlink in it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -205,15 +188,6 @@ class LocalStore(ObjectStore):
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {dest}: {e.strerror}") from e
 
-    @contextlib.contextmanager
-    def _cas_lock(self) -> Iterator[None]:
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     # -- interface ----------------------------------------------------------
 
     def get(self, key: str) -> bytes:
@@ -272,7 +246,7 @@ class LocalStore(ObjectStore):
         if if_match is None:
             self._install(tmp, dest, if_absent=if_absent)
         else:
-            with self._cas_lock():
+            with flock(self.root / ".lock"):
                 try:
                     current = _etag(dest.stat())
                 except FileNotFoundError:
@@ -385,7 +359,7 @@ class LocalStore(ObjectStore):
             return
         pause_point("STORE_STAGED")  # tests: a kill here leaves temp files
         if not _syncfs(self.root):
-            list(pool.map(lambda s: _fsync_path(s[1]), staged))
+            list(pool.map(lambda s: fsync_file(s[1]), staged))
         parents: set[Path] = set()
         try:
             for i, tmp, dest in staged:
