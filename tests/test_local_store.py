@@ -224,3 +224,13 @@ def test_get_tagged_returns_the_etag_compare_and_swap_takes(store: ObjectStore) 
     store.put("dir/x", b"")
     with pytest.raises(NotFound):
         store.get_tagged("dir")
+
+
+def test_is_local_says_whether_objects_are_files_here(store: ObjectStore) -> None:
+    """The capability callers ask instead of probing ``local_path``."""
+    store.put("a/one", b"1")
+    assert store.is_local == isinstance(store, LocalStore)
+    path = store.local_path("a/one")
+    assert (path is not None) == store.is_local
+    if path is not None:
+        assert path.read_bytes() == b"1"

@@ -51,7 +51,7 @@ from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
-from artfs.repo import NotFoundError, Repo, Version, layout
+from artfs.repo import NotFoundError, Repo, Version
 from artfs.repo.records import Artifact, CorruptRecord, Project
 
 log = logging.getLogger("artfs.fs")
@@ -670,7 +670,7 @@ class VersionNode(Node):
         if tree._manifest is None:
             cache = self.ctx.repo.cache
             digest = tree.version.manifest
-            if not cache.has(digest) and cache.store.local_path(layout.blob_key(digest)) is None:
+            if not cache.has(digest) and not cache.store.is_local:
                 return ROOT_ENTRY, False
         try:
             return tree.manifest.root(), True

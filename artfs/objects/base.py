@@ -153,6 +153,10 @@ class ObjectStore(abc.ABC):
         """A path a reader may open for the object's bytes, if the store is local."""
         return None
 
+    # True if objects are files on this machine (``local_path`` gives their
+    # paths, and a put of a file may move it in): ask this, not a path.
+    is_local: bool = False
+
     def exists(self, key: str) -> bool:
         try:
             self.head(key)

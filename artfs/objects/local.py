@@ -86,6 +86,8 @@ def _syncfs(path: Path) -> bool:
 
 
 class LocalStore(ObjectStore):
+    is_local = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)

@@ -36,7 +36,7 @@ from artfs.config import format_size
 from artfs.fsutil import atomic_write, flock
 from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
-from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree, layout
+from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree
 from artfs.repo.commit import hash_files
 from artfs.repo.records import Committer
 from artfs.staging.errors import StagingError
@@ -256,7 +256,7 @@ class Commits:
                 type=type,
                 logged_by=logged_by,
                 committed_by=committed_by,
-                move=moved and self.repo.store.local_path(layout.CONFIG) is not None,
+                move=moved and self.repo.store.is_local,
                 stored=stored,
                 **options,
             )
