@@ -75,7 +75,7 @@ def test_format_1_still_reads(tmp_path: Path, api: Api, store_url, cache_dir, ar
             project="proj",
             artifact="old",
             number=-1,
-            manifest=manifest_digest,
+            manifest_digest=manifest_digest,
             tree=tree,
             created=created,
             size=2,

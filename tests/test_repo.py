@@ -42,7 +42,9 @@ def test_faq_dedup_two_changed_files_add_two_blobs(api: Api, tmp_path: Path) -> 
     added = set(after) - set(before)
     new_blobs = {k for k in added if k.startswith("blobs/")}
     assert len(new_blobs) == 3
-    manifest_key = f"blobs/{result.version.manifest.split(':')[1][:2]}/{result.version.manifest}"
+    manifest_key = (
+        f"blobs/{result.version.manifest_digest.split(':')[1][:2]}/{result.version.manifest_digest}"
+    )
     assert manifest_key in new_blobs
     assert added - new_blobs == {"projects/proj/ds/versions/1.json"}
     # Nothing already stored was rewritten; only latest moved.

@@ -569,7 +569,7 @@ class VersionTree:
         return m
 
     def _open(self) -> MountedManifest:
-        digest = self.version.manifest
+        digest = self.version.manifest_digest
         ref = self.version.ref
         if not is_digest(digest):
             raise BlobError(f"{ref}: its record names no manifest digest ({digest!r})")
@@ -669,7 +669,7 @@ class VersionNode(Node):
         tree = self.tree
         if tree._manifest is None:
             cache = self.ctx.repo.cache
-            digest = tree.version.manifest
+            digest = tree.version.manifest_digest
             if not cache.has(digest) and not cache.store.is_local:
                 return ROOT_ENTRY, False
         try:

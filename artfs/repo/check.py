@@ -218,14 +218,14 @@ def _check_version(
     needed: dict[str, int | None],
     report: CheckReport,
 ) -> None:
-    needed.setdefault(v.manifest, None)
+    needed.setdefault(v.manifest_digest, None)
     try:
         m = repo.manifest(v)
         files = list(m.files())  # walks every entry: names and kinds are validated
     except NotFound:
         if _still_live(repo, v):
             report.problems.append(
-                Problem("missing-blob", v.ref, f"its manifest {v.manifest} is missing")
+                Problem("missing-blob", v.ref, f"its manifest {v.manifest_digest} is missing")
             )
         return
     except (StoreError, RepoError, ValueError) as e:
@@ -355,7 +355,7 @@ def verify_version(repo: Repo, version: Version, *, from_cache: bool = False) ->
     for path, e in files:
         assert e.digest is not None
         by_digest.setdefault(e.digest, []).append((path, e.size))
-    items = [("(manifest)", version.manifest, -1)] + [
+    items = [("(manifest)", version.manifest_digest, -1)] + [
         (paths[0][0], d, paths[0][1]) for d, paths in by_digest.items()
     ]
 

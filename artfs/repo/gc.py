@@ -228,10 +228,22 @@ class _Kept:
         project, artifact, number = item
         rec = self.repo.version_record(project, artifact, number)  # CorruptRecord: stop
         if isinstance(rec, Version):
-            return project, artifact, number, self._manifest_blobs(rec.manifest, rec.ref), True
-        if isinstance(rec, Tombstone) and rec.manifest and rec.deleted_at > self.cutoff:
+            return (
+                project,
+                artifact,
+                number,
+                self._manifest_blobs(rec.manifest_digest, rec.ref),
+                True,
+            )
+        if isinstance(rec, Tombstone) and rec.manifest_digest and rec.deleted_at > self.cutoff:
             where = f"{project}/{artifact}:v{number} (deleted)"
-            return project, artifact, number, self._manifest_blobs(rec.manifest, where), False
+            return (
+                project,
+                artifact,
+                number,
+                self._manifest_blobs(rec.manifest_digest, where),
+                False,
+            )
         return project, artifact, number, set(), False
 
     def _manifest_blobs(self, manifest_digest: str, where: str) -> set[str]:

@@ -714,7 +714,7 @@ class Repo:
 
     def manifest(self, version: Version) -> Manifest:
         """The version's manifest, fetched into the cache and opened (kept open, LRU)."""
-        return self.open_manifest(version.manifest)
+        return self.open_manifest(version.manifest_digest)
 
     def open_manifest(self, digest: str) -> Manifest:
         """The manifest stored under ``digest`` (also a deleted version's)."""
