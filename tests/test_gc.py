@@ -9,7 +9,7 @@ from tests.trees import make_tree, read_tree
 
 
 def _blob_digests(api) -> set[str]:
-    return {o.key.rpartition("/")[2] for o in api.repo.store.iter_keys("blobs/")}
+    return {o.key.rpartition("/")[2] for o in api.repo.store.iter_objects("blobs/")}
 
 
 def test_gc_sweeps_only_what_deleted_versions_alone_used(api, tmp_path: Path) -> None:

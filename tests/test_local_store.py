@@ -45,7 +45,7 @@ def test_list_with_and_without_delimiter(store: ObjectStore) -> None:
     assert top.prefixes == ["p/q/"]
     deep = store.list("p/", delimiter=False)
     assert [o.key for o in deep.objects] == ["p/q/r/z.json", "p/q/y.json", "p/x.json"]
-    assert sorted(o.key for o in store.iter_keys("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
+    assert sorted(o.key for o in store.iter_objects("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
     assert store.list("nothing/").objects == []
 
 
@@ -136,7 +136,7 @@ def test_local_writes_leave_no_temp_files_and_hide_internals(tmp_path: Path) -> 
         store.put("a.json", b"5", if_match=etag)
     store.put_file("blobs/ab/c", src, if_absent=True)
     assert os.listdir(tmp_path / "s" / ".tmp") == []
-    assert sorted(o.key for o in store.iter_keys("")) == ["a.json", "blobs/ab/c"]
+    assert sorted(o.key for o in store.iter_objects("")) == ["a.json", "blobs/ab/c"]
     assert store.list("").prefixes == ["blobs/"]
     # Blobs are read-only on disk: nothing rewrites them in place.
     assert (tmp_path / "s" / "blobs" / "ab" / "c").stat().st_mode & 0o222 == 0

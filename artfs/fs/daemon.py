@@ -120,8 +120,8 @@ class ThroughCache(ObjectStore):
     def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
         return self.inner.list(prefix, delimiter=delimiter)
 
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.iter_keys(prefix)
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.iter_objects(prefix)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

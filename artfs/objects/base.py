@@ -134,7 +134,7 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under ``prefix``, recursively, in no set order."""
 
     @abc.abstractmethod

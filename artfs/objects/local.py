@@ -412,7 +412,7 @@ class LocalStore(ObjectStore):
 
     def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
         if not delimiter:
-            return Listing(objects=sorted(self.iter_keys(prefix), key=lambda o: o.key))
+            return Listing(objects=sorted(self.iter_objects(prefix), key=lambda o: o.key))
         base = self.root / prefix if prefix else self.root
         listing = Listing()
         try:
@@ -434,7 +434,7 @@ class LocalStore(ObjectStore):
                 )
         return listing
 
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
         stack = [(base, prefix)]
         while stack:

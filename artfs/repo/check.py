@@ -97,7 +97,7 @@ def check_store(repo: Repo, *, read_data: bool = False, repair: bool = False) ->
     store = repo.store
     sizes = {
         layout.key_basename(o.key): o.size
-        for o in store.iter_keys(layout.blobs_prefix())
+        for o in store.iter_objects(layout.blobs_prefix())
         if is_digest(layout.key_basename(o.key))
     }
     report.blobs = len(sizes)

@@ -274,7 +274,7 @@ def collect_garbage(
         raise RepoError(f"bad draft age {draft_age!r}: a number of seconds, 0 or more")
     store = repo.store
     now = time.time()
-    blobs = [o for o in store.iter_keys(layout.blobs_prefix()) if is_digest(_digest_of(o))]
+    blobs = [o for o in store.iter_objects(layout.blobs_prefix()) if is_digest(_digest_of(o))]
     kept = _Kept(repo, cutoff=now - grace)
     kept.scan()
     if dry_run:
