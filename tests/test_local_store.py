@@ -37,13 +37,13 @@ def test_put_get_head_range_delete(store: ObjectStore) -> None:
         store.head("a/b/one.json")
 
 
-def test_list_with_and_without_delimiter(store: ObjectStore) -> None:
+def test_list_recursive_or_not(store: ObjectStore) -> None:
     for key in ("p/x.json", "p/q/y.json", "p/q/r/z.json", "other.json"):
         store.put(key, b"{}")
     top = store.list("p/")
     assert [o.key for o in top.objects] == ["p/x.json"]
     assert top.prefixes == ["p/q/"]
-    deep = store.list("p/", delimiter=False)
+    deep = store.list("p/", recursive=True)
     assert [o.key for o in deep.objects] == ["p/q/r/z.json", "p/q/y.json", "p/x.json"]
     assert sorted(o.key for o in store.iter_objects("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
     assert store.list("nothing/").objects == []

@@ -126,11 +126,12 @@ class ObjectStore(abc.ABC):
         """Size and etag of an object; NotFound if absent."""
 
     @abc.abstractmethod
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
         """Objects under ``prefix`` (which ends with '/' or is empty).
 
-        With ``delimiter`` only the direct children: objects, and the common
-        prefixes (ending in '/') one level down.
+        Unless ``recursive``, only the direct children: objects, and the common
+        prefixes (ending in '/') one level down; with it, every object below,
+        sorted by key.
         """
 
     @abc.abstractmethod

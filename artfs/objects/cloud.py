@@ -623,8 +623,8 @@ class CloudStore(ObjectStore):
             meta["path"], int(meta["size"]), self._tag(meta), meta["last_modified"].timestamp()
         )
 
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
-        if not delimiter:
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
+        if recursive:
             return Listing(objects=sorted(self.iter_objects(prefix), key=lambda o: o.key))
         result = self._call(
             "list",

@@ -410,8 +410,8 @@ class LocalStore(ObjectStore):
             raise NotFound(key)
         return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
-        if not delimiter:
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
+        if recursive:
             return Listing(objects=sorted(self.iter_objects(prefix), key=lambda o: o.key))
         base = self.root / prefix if prefix else self.root
         listing = Listing()
