@@ -60,8 +60,9 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 # Inodes below 2**32 are listing nodes; above, (tree index << 32) | entry id.
 TREE_SHIFT = 32
 ENTRY_MASK = (1 << TREE_SHIFT) - 1
-# Version trees never change while a version exists: let the kernel keep them.
-FOREVER = 24 * 3600.0
+# Version trees never change while a version exists: the kernel keeps their
+# entries and attributes a day (TREE_TTL, seconds), then asks again.
+TREE_TTL = 24 * 3600.0
 BLOCK = 512
 # The st_size of every directory, in versions and in staging alike (that of a
 # small ext4 directory), so du -sb of a version equals that of its source.
@@ -653,8 +654,8 @@ class VersionNode(Node):
             entry.size if not entry.is_dir else DIR_SIZE,
             self.tree.version.created,
             self.ctx,
-            entry_timeout=self.ctx.ttl if self.is_root else FOREVER,
-            attr_timeout=FOREVER if settled else self.ctx.ttl,
+            entry_timeout=self.ctx.ttl if self.is_root else TREE_TTL,
+            attr_timeout=TREE_TTL if settled else self.ctx.ttl,
             mtime_ns=entry.mtime_ns,  # None in a format-1 manifest: the commit time
         )
         access = self.ctx.access
@@ -680,7 +681,7 @@ class VersionNode(Node):
 
     def negative_timeout(self) -> float:
         # A name absent from an immutable tree stays absent.
-        return FOREVER
+        return TREE_TTL
 
     def parent(self) -> Node:
         if self.is_root:
