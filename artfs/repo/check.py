@@ -89,7 +89,7 @@ def hash_stored_blob(repo: Repo, digest: str) -> tuple[str, int]:
     """(digest, size) of the bytes the store holds for ``digest``; NotFound if absent."""
     out = _HashWriter()
     repo.store.download(layout.blob_key(digest), out)  # type: ignore[arg-type]
-    return out.hasher.hexdigest(), out.hasher.size
+    return out.hasher.content_digest(), out.hasher.size
 
 
 def check_store(repo: Repo, *, read_data: bool = False, repair: bool = False) -> CheckReport:
