@@ -38,9 +38,8 @@ from artfs.digest import digest_file
 from artfs.fs.files import EMPTY, FileHandle, VersionFileHandle
 from artfs.fs.nodes import (
     EMPTY_DIGEST,
-    ArtifactNode,
+    ArtifactSubdir,
     InodeTable,
-    ListingNode,
     Node,
     SnapshotCursor,
     fuse_error,
@@ -132,23 +131,10 @@ def side_of(table: InodeTable) -> DraftSide:
     return table.drafts  # type: ignore[attr-defined]
 
 
-class DraftsNode(ListingNode):
+class DraftsNode(ArtifactSubdir):
     """``drafts/``: one directory per open draft of the artifact."""
 
     mode = stat.S_IFDIR | 0o755
-
-    def __init__(self, table: InodeTable, inode: int, artifact: ArtifactNode) -> None:
-        super().__init__(table, inode)
-        self.artifact = artifact
-
-    def created(self) -> float:
-        return self.artifact.created()
-
-    def parent(self) -> Node:
-        return self.artifact
-
-    def project_access(self) -> Any:
-        return self.artifact.project_access()
 
     def attr(self) -> pyfuse3.EntryAttributes:
         # The project's visibility, as staging/'s: the kernel judges who may write.

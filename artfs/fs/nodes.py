@@ -478,10 +478,9 @@ class AliasNode(Node):
         return self.target()
 
 
-class StagingPlaceholder(ListingNode):
-    """``staging/`` until the write side replaces it: empty, read-only."""
-
-    mode = stat.S_IFDIR | 0o555
+class ArtifactSubdir(ListingNode):
+    """A directory of an artifact's own (``staging/``, ``drafts/``): its
+    artifact's time, parent and project rules."""
 
     def __init__(self, table: InodeTable, inode: int, artifact: ArtifactNode) -> None:
         super().__init__(table, inode)
@@ -495,6 +494,12 @@ class StagingPlaceholder(ListingNode):
 
     def project_access(self) -> ProjectAccess:
         return self.artifact.project_access()
+
+
+class StagingPlaceholder(ArtifactSubdir):
+    """``staging/`` until the write side replaces it: empty, read-only."""
+
+    mode = stat.S_IFDIR | 0o555
 
     def list_children(self) -> dict[str, Node]:
         return {}
