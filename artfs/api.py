@@ -142,7 +142,7 @@ class ArtifactVersion:
 
     @property
     def manifest_digest(self) -> str:
-        return self._record.manifest
+        return self._record.manifest_digest
 
     def __repr__(self) -> str:
         return f"<ArtifactVersion {self.qualified_name} ({self.type})>"

@@ -259,7 +259,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(f"created:     {_fmt_time(v.created)}")
     print(f"files:       {v.file_count}")
     print(f"size:        {_fmt_size(v.size)} ({v.size} bytes)")
-    print(f"manifest:    {v.manifest}")
+    print(f"manifest:    {v.manifest_digest}")
     print(f"description: {v.description or '-'}")
     print(f"metadata:    {json.dumps(v.metadata, sort_keys=True)}")
     if v.tags:

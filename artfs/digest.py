@@ -25,7 +25,8 @@ class Hasher:
         self._h.update(data)
         self.size += len(data)
 
-    def hexdigest(self) -> str:
+    def content_digest(self) -> str:
+        """The digest string of the bytes so far, ``xxh128:<32 hex>`` (not raw hex)."""
         return f"{ALGORITHM}:{self._h.hexdigest()}"
 
     def copy(self) -> Hasher:
@@ -67,7 +68,7 @@ def digest_fd(
         h.update(view[:n])
         if progress:
             progress(n)
-    return h.hexdigest(), h.size
+    return h.content_digest(), h.size
 
 
 def digest_file(path: str | os.PathLike[str]) -> tuple[str, int]:

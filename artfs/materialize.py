@@ -30,6 +30,7 @@ from pathlib import Path
 
 from artfs.cache import BlobCache, BlobError, BlobReader, Stamp, verify_fd
 from artfs.digest import digest_file
+from artfs.fsutil import replace
 from artfs.manifest import Entry
 from artfs.repo import Repo, RepoError, Version
 
@@ -170,7 +171,8 @@ def _copy_fd(src: int, dst: int, size: int) -> None:
 def _replace(tmp: Path, target: Path) -> None:
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
-    os.replace(tmp, target)
+    # Not durable, as cp: a file that ``get`` wrote is the user's to sync.
+    replace(tmp, target, durable=False)
 
 
 def remove_path(path: Path) -> None:

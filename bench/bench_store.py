@@ -34,7 +34,7 @@ from bench.common import (
 
 def store_bytes(url: str) -> tuple[int, int]:
     """(objects, bytes) in the store, counted through the store interface."""
-    infos = list(open_store(url).iter_keys(""))
+    infos = list(open_store(url).iter_objects(""))
     return len(infos), sum(o.size for o in infos)
 
 

@@ -75,7 +75,7 @@ def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
         )
     assert proc.returncode != 0
     assert "ignores conditional writes" in proc.stderr
-    assert [o.key for o in honest.iter_keys("")] == ["readable.json"]
+    assert [o.key for o in honest.iter_objects("")] == ["readable.json"]
 
 
 def test_the_probe_passes_an_honest_store_and_leaves_nothing(s3_url: str) -> None:
@@ -85,7 +85,7 @@ def test_the_probe_passes_an_honest_store_and_leaves_nothing(s3_url: str) -> Non
         store.put("a.json", b"2", if_absent=True)
     raw = CloudStore(s3_url.rsplit("/", 1)[0] + "/")
     prefix = s3_url.rsplit("/", 1)[1] + "/"
-    assert [o.key for o in raw.iter_keys(prefix)] == [prefix + "a.json"]
+    assert [o.key for o in raw.iter_objects(prefix)] == [prefix + "a.json"]
     assert store.list("").objects[0].key == "a.json" and store.list("").prefixes == []
 
 
@@ -350,7 +350,7 @@ def test_every_service_refuses_writes_when_its_conditions_are_ignored(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("artfs: error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert f"{service.name} store" in proc.stderr and CONDITION_HEADER[service.kind] in proc.stderr
-    assert [o.key for o in honest.iter_keys("")] == ["readable.json"]
+    assert [o.key for o in honest.iter_objects("")] == ["readable.json"]
 
 
 def test_every_service_passes_the_probe_and_keeps_its_guarantees(service: Service) -> None:
@@ -365,7 +365,7 @@ def test_every_service_passes_the_probe_and_keeps_its_guarantees(service: Servic
         store.put("a.json", b"4", if_match=tag)  # lost the race: the object moved on
     assert store.get("a.json") == b"3" and store.head("a.json").etag == new != tag
     # The probe left nothing behind, and a listing shows only what was written.
-    assert [o.key for o in store.iter_keys("")] == ["a.json"]
+    assert [o.key for o in store.iter_objects("")] == ["a.json"]
     assert [o.key for o in store.list("").objects] == ["a.json"]
 
 

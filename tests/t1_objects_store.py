@@ -37,15 +37,15 @@ def test_put_get_head_range_delete(store: ObjectStore) -> None:
         store.head("a/b/one.json")
 
 
-def test_list_with_and_without_delimiter(store: ObjectStore) -> None:
+def test_list_recursive_or_not(store: ObjectStore) -> None:
     for key in ("p/x.json", "p/q/y.json", "p/q/r/z.json", "other.json"):
         store.put(key, b"{}")
     top = store.list("p/")
     assert [o.key for o in top.objects] == ["p/x.json"]
     assert top.prefixes == ["p/q/"]
-    deep = store.list("p/", delimiter=False)
+    deep = store.list("p/", recursive=True)
     assert [o.key for o in deep.objects] == ["p/q/r/z.json", "p/q/y.json", "p/x.json"]
-    assert sorted(o.key for o in store.iter_keys("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
+    assert sorted(o.key for o in store.iter_objects("p/q/")) == ["p/q/r/z.json", "p/q/y.json"]
     assert store.list("nothing/").objects == []
 
 
@@ -136,7 +136,7 @@ def test_local_writes_leave_no_temp_files_and_hide_internals(tmp_path: Path) -> 
         store.put("a.json", b"5", if_match=etag)
     store.put_file("blobs/ab/c", src, if_absent=True)
     assert os.listdir(tmp_path / "s" / ".tmp") == []
-    assert sorted(o.key for o in store.iter_keys("")) == ["a.json", "blobs/ab/c"]
+    assert sorted(o.key for o in store.iter_objects("")) == ["a.json", "blobs/ab/c"]
     assert store.list("").prefixes == ["blobs/"]
     # Blobs are read-only on disk: nothing rewrites them in place.
     assert (tmp_path / "s" / "blobs" / "ab" / "c").stat().st_mode & 0o222 == 0
@@ -224,3 +224,13 @@ def test_get_tagged_returns_the_etag_compare_and_swap_takes(store: ObjectStore) 
     store.put("dir/x", b"")
     with pytest.raises(NotFound):
         store.get_tagged("dir")
+
+
+def test_is_local_says_whether_objects_are_files_here(store: ObjectStore) -> None:
+    """The capability callers ask instead of probing ``local_path``."""
+    store.put("a/one", b"1")
+    assert store.is_local == isinstance(store, LocalStore)
+    path = store.local_path("a/one")
+    assert (path is not None) == store.is_local
+    if path is not None:
+        assert path.read_bytes() == b"1"

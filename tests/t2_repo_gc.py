@@ -9,7 +9,7 @@ from tests.trees import make_tree, read_tree
 
 
 def _blob_digests(api) -> set[str]:
-    return {o.key.rpartition("/")[2] for o in api.repo.store.iter_keys("blobs/")}
+    return {o.key.rpartition("/")[2] for o in api.repo.store.iter_objects("blobs/")}
 
 
 def test_gc_sweeps_only_what_deleted_versions_alone_used(api, tmp_path: Path) -> None:
@@ -40,8 +40,8 @@ def test_gc_sweeps_only_what_deleted_versions_alone_used(api, tmp_path: Path) ->
 
     result = collect_garbage(api.repo, grace=0, force=True)
     assert result.swept_blobs == 3  # two file blobs and v0's manifest
-    assert _blob_digests(api) == before - v0_only - {v0.manifest}
-    assert v1.manifest in _blob_digests(api)
+    assert _blob_digests(api) == before - v0_only - {v0.manifest_digest}
+    assert v1.manifest_digest in _blob_digests(api)
 
     out = api.artifact("proj/ds:latest").download(tmp_path / "out")
     assert read_tree(out) == read_tree(src)

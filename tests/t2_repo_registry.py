@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,9 @@ def test_faq_dedup_two_changed_files_add_two_blobs(api: Api, tmp_path: Path) -> 
     added = set(after) - set(before)
     new_blobs = {k for k in added if k.startswith("blobs/")}
     assert len(new_blobs) == 3
-    manifest_key = f"blobs/{result.version.manifest.split(':')[1][:2]}/{result.version.manifest}"
+    manifest_key = (
+        f"blobs/{result.version.manifest_digest.split(':')[1][:2]}/{result.version.manifest_digest}"
+    )
     assert manifest_key in new_blobs
     assert added - new_blobs == {"projects/proj/ds/versions/1.json"}
     # Nothing already stored was rewritten; only latest moved.
@@ -270,3 +274,84 @@ def test_version_size_counts_every_file(api: Api, tmp_path: Path) -> None:
     result = api.put([src], "proj/ds")
     assert (result.version.size, result.version.file_count) == (2010, 3)
     assert (result.new_blobs, result.new_bytes) == (2, 1010)
+
+
+def _paused_move(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, meanwhile
+) -> list[BaseException]:
+    """Run ``move_alias(best -> prod)`` held at pause ``point`` while
+    ``meanwhile()`` (another writer) runs; returns what the move raised."""
+    pause = tmp_path / f"pause-{point}"
+    monkeypatch.setenv(f"ARTFS_TEST_PAUSE_{point}", str(pause))
+    raised: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            api.repo.move_alias("proj", "ds", "best", "prod")
+        except BaseException as e:
+            raised.append(e)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"{pause}.reached").exists():
+            assert time.monotonic() < deadline and mover.is_alive(), raised
+            time.sleep(0.01)
+        meanwhile()
+    finally:
+        pause.touch()
+        mover.join(30)
+    return raised
+
+
+@pytest.fixture
+def two_versions(api: Api, tmp_path: Path) -> None:
+    for i in range(2):
+        api.put([_tree(tmp_path, f"v{i}")], "proj/ds")
+    api.repo.set_alias(api.repo.version("proj", "ds", 0), "best")
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_move_alias_never_overwrites_a_concurrent_change_of_the_new_name(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = Api(store=api.repo.store.url, cache=str(tmp_path / "other-cache")).repo
+    raised = _paused_move(
+        api,
+        tmp_path,
+        monkeypatch,
+        "ALIAS_MOVE_READ",
+        lambda: other.set_alias(other.version("proj", "ds", 1), "prod"),
+    )
+    assert len(raised) == 1 and isinstance(raised[0], ConflictError)
+    assert api.repo.aliases("proj", "ds") == {"latest": 1, "best": 0, "prod": 1}
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_move_alias_keeps_the_old_name_if_another_writer_moved_it(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = Api(store=api.repo.store.url, cache=str(tmp_path / "other-cache")).repo
+    raised = _paused_move(
+        api,
+        tmp_path,
+        monkeypatch,
+        "ALIAS_MOVE_BOTH",
+        lambda: other.set_alias(other.version("proj", "ds", 1), "best"),
+    )
+    assert not raised
+    assert api.repo.aliases("proj", "ds") == {"latest": 1, "best": 1, "prod": 0}
+
+
+@pytest.mark.usefixtures("two_versions")
+def test_move_alias_replaces_an_existing_name_and_refuses_a_missing_one(api: Api) -> None:
+    repo = api.repo
+    repo.set_alias(repo.version("proj", "ds", 1), "prod")
+    assert repo.move_alias("proj", "ds", "best", "prod").number == 0
+    assert repo.aliases("proj", "ds") == {"latest": 1, "prod": 0}
+    with pytest.raises(NotFoundError):
+        repo.move_alias("proj", "ds", "best", "other")
+    with pytest.raises(BadName):
+        repo.move_alias("proj", "ds", "prod", "latest")
+    assert repo.aliases("proj", "ds") == {"latest": 1, "prod": 0}

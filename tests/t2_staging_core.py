@@ -59,7 +59,7 @@ def set_control(area: StagingArea, name: str, text: str) -> None:
 
 
 def blobs(api: Api) -> set[str]:
-    return {layout.key_basename(o.key) for o in api.repo.store.iter_keys("blobs/")}
+    return {layout.key_basename(o.key) for o in api.repo.store.iter_objects("blobs/")}
 
 
 def no_versions(api: Api, artifact: str) -> bool:

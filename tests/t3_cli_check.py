@@ -104,9 +104,9 @@ def test_gc_grace_floor_and_dry_run(api: Api, run_artfs, tmp_path: Path) -> None
     assert "2 of versions deleted less than the grace period ago kept" in run_artfs("gc").stdout
     dry = run_artfs("gc", "--grace", "0", "--force", "--dry-run").stdout
     assert "would sweep 2 blobs" in dry and "would free" in dry
-    assert len(list(api.repo.store.iter_keys("blobs/"))) == 4
+    assert len(list(api.repo.store.iter_objects("blobs/"))) == 4
     assert "swept 2 blobs" in run_artfs("gc", "--grace", "0", "--force").stdout
-    assert len(list(api.repo.store.iter_keys("blobs/"))) == 2
+    assert len(list(api.repo.store.iter_objects("blobs/"))) == 2
 
 
 def test_locks_of_others_block_until_they_expire(
@@ -137,7 +137,7 @@ def test_locks_of_others_block_until_they_expire(
     store.put(commit_lock, _lock_record("shared", expires_in=-1))
     out = run_artfs("gc", "--grace", "0", "--force", env=env).stdout
     assert "removed 2 stale locks" in out
-    assert list(store.iter_keys("locks/")) == []
+    assert list(store.iter_objects("locks/")) == []
 
     # A lock of a dead process on this machine is stale at once.
     me = process_identity()
@@ -154,4 +154,4 @@ def test_locks_of_others_block_until_they_expire(
     check = run_artfs("check")
     assert "note: locks/shared-dead.json: stale lock" in check.stdout
     assert "repaired: locks/shared-dead.json" in run_artfs("check", "--repair").stdout
-    assert list(store.iter_keys("locks/")) == []
+    assert list(store.iter_objects("locks/")) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,51 @@ def test_existing_alias_needs_force(art: Path, api: Api) -> None:
         os.symlink("v1", art / "best")
     assert e.value.errno == errno.EEXIST
     assert aliases(api)["best"] == 0
+
+
+def _wait_reached(pause: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not Path(f"{pause}.reached").exists():
+        assert time.monotonic() < deadline, "the move never reached its pause point"
+        time.sleep(0.02)
+
+
+def test_mv_of_an_alias_sets_the_new_name_before_it_removes_the_old(
+    api: Api, store_url, cache_dir, artfs_env, tmp_path: Path
+) -> None:
+    """``mv best prod`` is one ``Repo.move_alias``: held between its two
+    writes, a reader on the store sees both names on the version, never
+    neither; released, only ``prod``."""
+    for i in range(2):
+        api.put([make_tree(tmp_path / f"v{i}", {"n": str(i)})], "proj/ds")
+    api.repo.set_alias(api.repo.version("proj", "ds", 0), "best")
+    pause = tmp_path / "pause"
+    env = {**artfs_env, "ARTFS_TEST_PAUSE_ALIAS_MOVE_BOTH": str(pause)}
+    with mounted(
+        tmp_path / "mnt",
+        store_url=store_url,
+        cache_dir=cache_dir,
+        state_dir=tmp_path / "state",
+        env=env,
+    ) as m:
+        art = m.path / "proj/ds"
+        errors: list[BaseException] = []
+
+        def move() -> None:
+            try:
+                os.rename(art / "best", art / "prod")
+            except BaseException as e:
+                errors.append(e)
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        try:
+            _wait_reached(pause)
+            seen = aliases(api)
+            assert seen["best"] == 0 and seen["prod"] == 0
+        finally:
+            pause.touch()
+            mover.join(30)
+        assert not errors and not mover.is_alive()
+        assert os.readlink(art / "prod") == "v0" and not os.path.lexists(art / "best")
+        assert aliases(api) == {"latest": 1, "prod": 0}

@@ -59,7 +59,7 @@ def touch_commit(staging: Path) -> subprocess.CompletedProcess[str]:
 
 
 def blob_names(store: ObjectStore) -> set[str]:
-    return {layout.key_basename(o.key) for o in store.iter_keys("blobs/")}
+    return {layout.key_basename(o.key) for o in store.iter_objects("blobs/")}
 
 
 def version_numbers(store: ObjectStore, project: str, artifact: str) -> list[int]:

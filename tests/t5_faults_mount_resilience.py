@@ -155,7 +155,7 @@ def _fake_version(api: Api, manifest: Path, number_hint: str) -> None:
             project="proj",
             artifact="ds",
             number=-1,
-            manifest=digest,
+            manifest_digest=digest,
             tree=latest.tree,
             created=time.time(),
             size=size,
@@ -176,7 +176,7 @@ def test_the_daemon_survives_crafted_manifests(
     _fake_version(api, garbage, "garbage")
     # v2: a database with rows no manifest may hold.
     crafted = tmp_path / "crafted.sqlite"
-    good = api.repo.cache.path(api.repo.version("proj", "ds", 0).manifest)
+    good = api.repo.cache.path(api.repo.version("proj", "ds", 0).manifest_digest)
     api.repo.manifest(api.repo.version("proj", "ds", 0))
     crafted.write_bytes(good.read_bytes())
     db = sqlite3.connect(crafted)

@@ -125,14 +125,16 @@ def test_a_conflicting_path_fails_the_finish_naming_it_and_keeps_the_draft(
     )
     store = open_store(store_url)
     before = sorted(
-        (o.key, o.etag) for o in store.iter_keys(layout.draft_prefix("proj", "ds", "g"))
+        (o.key, o.etag) for o in store.iter_objects(layout.draft_prefix("proj", "ds", "g"))
     )
     out = run_artfs("draft", "finish", "proj/ds", "g", check=False)
     assert out.returncode == 2
     assert out.stderr.startswith("artfs: error: ") and out.stderr.count("\n") == 1
     assert "clash/x.txt" in out.stderr and "same.txt" not in out.stderr
     assert _versions(artfs_env, run_artfs) == []
-    after = sorted((o.key, o.etag) for o in store.iter_keys(layout.draft_prefix("proj", "ds", "g")))
+    after = sorted(
+        (o.key, o.etag) for o in store.iter_objects(layout.draft_prefix("proj", "ds", "g"))
+    )
     assert after == before  # the draft is as it was: no marker left, parts unchanged
     # Still open: a writer may still write, and a second finish fails the same way.
     c = make_tree(tmp_path / "c", {"c.txt": "c"})
@@ -252,7 +254,7 @@ def test_gc_reports_and_removes_abandoned_drafts(
     src0, _ = _shard(tmp_path, 0)
     run_artfs("put", str(src0), "-n", "proj/ds", "--draft", "old")
     store = open_store(store_url)
-    for obj in list(store.iter_keys(layout.draft_prefix("proj", "ds", "old"))):
+    for obj in list(store.iter_objects(layout.draft_prefix("proj", "ds", "old"))):
         rec = json.loads(store.get(obj.key))
         for k in ("created", "updated"):
             if k in rec:
@@ -269,7 +271,7 @@ def test_gc_reports_and_removes_abandoned_drafts(
     assert "removed draft proj/ds:old (abandoned)" in gc.stdout
     groups = [d["group"] for d in json.loads(run_artfs("draft", "ls", "proj/ds", "--json").stdout)]
     assert groups == ["young"]
-    assert not list(store.iter_keys(layout.draft_prefix("proj", "ds", "old")))
+    assert not list(store.iter_objects(layout.draft_prefix("proj", "ds", "old")))
     # The abandoned draft's blobs went with it; the young draft's stayed.
     run_artfs("draft", "finish", "proj/ds", "young")
     assert run_artfs("check").returncode == 0

@@ -381,7 +381,7 @@ def test_killed_upload_leaves_temp_files_that_gc_reports_and_reclaims(
     assert f"removed {len(points)} stale locks" in r.stdout
     assert store.temp_objects() == [] and list_locks(store) == []
     # The blobs the second put uploaded were never referenced: swept too.
-    assert list(store.iter_keys("blobs/")) == []
+    assert list(store.iter_objects("blobs/")) == []
 
 
 def test_latest_repair_racing_a_commit_never_moves_latest_back(

@@ -47,8 +47,8 @@ def read_tree(root: Path) -> dict[str, tuple]:
 
 def store_snapshot(store) -> dict[str, tuple[int, str]]:
     """key -> (size, etag) of every object: equal snapshots mean an unchanged store."""
-    return {o.key: (o.size, o.etag) for o in store.iter_keys("")}
+    return {o.key: (o.size, o.etag) for o in store.iter_objects("")}
 
 
 def blob_keys(store) -> set[str]:
-    return {o.key for o in store.iter_keys("blobs/")}
+    return {o.key for o in store.iter_objects("blobs/")}

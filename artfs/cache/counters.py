@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import json
 import os
 import threading
 import time
 import weakref
 from pathlib import Path
+
+from artfs.fsutil import flock
 
 FLUSH_SECONDS = 2.0
 _live: weakref.WeakSet[Counters] = weakref.WeakSet()
@@ -54,18 +55,13 @@ class Counters:
             self._flushed_at = time.monotonic()
         if not hits and not misses:
             return
-        with contextlib.suppress(OSError):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                total = _parse(os.pread(fd, 4096, 0))
-                total["hits"] += hits
-                total["misses"] += misses
-                data = json.dumps(total).encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
-            finally:
-                os.close(fd)
+        with contextlib.suppress(OSError), flock(self.path) as fd:
+            total = _parse(os.pread(fd, 4096, 0))
+            total["hits"] += hits
+            total["misses"] += misses
+            data = json.dumps(total).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
 
     def totals(self) -> dict[str, int]:
         self.flush()

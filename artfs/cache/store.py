@@ -27,6 +27,7 @@ from artfs.cache.readers import BlobReader
 from artfs.cache.stamps import StampBook
 from artfs.cache.verify import BlobError, Stamp, verify_fd
 from artfs.digest import READ_CHUNK
+from artfs.fsutil import flock, replace
 from artfs.objects import NotFound, ObjectStore
 
 log = logging.getLogger("artfs.cache")
@@ -251,13 +252,8 @@ class BlobCache:
     @contextlib.contextmanager
     def single_flight(self, digest: str) -> Iterator[None]:
         """One fetch of ``digest`` at a time, across threads and processes."""
-        with self._digest_lock(digest):
-            fd = os.open(self.root / "locks" / digest, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
+        with self._digest_lock(digest), flock(self.root / "locks" / digest):
+            yield
 
     def ensure(self, digest: str, size: int | None = None) -> Path:
         """The cached, verified file for ``digest``, downloading it if needed.
@@ -312,7 +308,9 @@ class BlobCache:
         """Move a verified temporary file into place, read-only, and stamp it."""
         os.fchmod(fd, 0o444)
         dest.parent.mkdir(exist_ok=True)
-        os.rename(tmp, dest)
+        # The file was fsynced, so the name never points at bytes not on
+        # disk; the directory is not: an entry lost in a crash is fetched again.
+        replace(tmp, dest, durable=False)
         self.stamps.put(digest, Stamp.of_fd(fd))  # after the rename, which moves ctime
 
     def restamp_linked(self, digest: str, path: Path) -> None:

@@ -69,10 +69,10 @@ def verify_fd(fd: int, digest: str, size: int, what: str = "") -> Stamp:
             break
         hasher.update(chunk)
         offset += len(chunk)
-    if hasher.size != size or hasher.hexdigest() != digest:
+    if hasher.size != size or hasher.content_digest() != digest:
         where = f" {what}" if what else ""
         raise BlobError(
             f"blob {digest} is corrupt{where}: {hasher.size} bytes that hash to "
-            f"{hasher.hexdigest()} (expected {size} bytes)"
+            f"{hasher.content_digest()} (expected {size} bytes)"
         )
     return stamp

@@ -117,11 +117,11 @@ class ThroughCache(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         return self.inner.head(key)
 
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
-        return self.inner.list(prefix, delimiter=delimiter)
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
+        return self.inner.list(prefix, recursive=recursive)
 
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.iter_keys(prefix)
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.iter_objects(prefix)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -38,15 +38,15 @@ from artfs.digest import digest_file
 from artfs.fs.files import EMPTY, FileHandle, VersionFileHandle
 from artfs.fs.nodes import (
     EMPTY_DIGEST,
-    ArtifactNode,
+    ArtifactSubdir,
     InodeTable,
-    ListingNode,
     Node,
     SnapshotCursor,
     fuse_error,
     make_attr,
 )
 from artfs.fs.staging_nodes import reasons
+from artfs.fsutil import atomic_write
 from artfs.manifest import PERMISSION_BITS
 from artfs.repo import drafts
 from artfs.staging import StagingError
@@ -76,7 +76,7 @@ class DraftSide:
             names.check_name(writer, "writer id")
         except (OSError, names.BadName):
             writer = f"mount-{uuid.uuid4().hex}"
-            id_file.write_text(writer + "\n")
+            atomic_write(id_file, writer + "\n")
         self.writer_id = writer
         self._lock = threading.Lock()
         self._writers: dict[tuple[str, str, str], drafts.PartWriter] = {}
@@ -131,23 +131,10 @@ def side_of(table: InodeTable) -> DraftSide:
     return table.drafts  # type: ignore[attr-defined]
 
 
-class DraftsNode(ListingNode):
+class DraftsNode(ArtifactSubdir):
     """``drafts/``: one directory per open draft of the artifact."""
 
     mode = stat.S_IFDIR | 0o755
-
-    def __init__(self, table: InodeTable, inode: int, artifact: ArtifactNode) -> None:
-        super().__init__(table, inode)
-        self.artifact = artifact
-
-    def created(self) -> float:
-        return self.artifact.created()
-
-    def parent(self) -> Node:
-        return self.artifact
-
-    def project_access(self) -> Any:
-        return self.artifact.project_access()
 
     def attr(self) -> pyfuse3.EntryAttributes:
         # The project's visibility, as staging/'s: the kernel judges who may write.

@@ -51,7 +51,7 @@ from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
-from artfs.repo import NotFoundError, Repo, Version, layout
+from artfs.repo import NotFoundError, Repo, Version
 from artfs.repo.records import Artifact, CorruptRecord, Project
 
 log = logging.getLogger("artfs.fs")
@@ -60,8 +60,9 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 # Inodes below 2**32 are listing nodes; above, (tree index << 32) | entry id.
 TREE_SHIFT = 32
 ENTRY_MASK = (1 << TREE_SHIFT) - 1
-# Version trees never change while a version exists: let the kernel keep them.
-FOREVER = 24 * 3600.0
+# Version trees never change while a version exists: the kernel keeps their
+# entries and attributes a day (TREE_TTL, seconds), then asks again.
+TREE_TTL = 24 * 3600.0
 BLOCK = 512
 # The st_size of every directory, in versions and in staging alike (that of a
 # small ext4 directory), so du -sb of a version equals that of its source.
@@ -477,10 +478,9 @@ class AliasNode(Node):
         return self.target()
 
 
-class StagingPlaceholder(ListingNode):
-    """``staging/`` until the write side replaces it: empty, read-only."""
-
-    mode = stat.S_IFDIR | 0o555
+class ArtifactSubdir(ListingNode):
+    """A directory of an artifact's own (``staging/``, ``drafts/``): its
+    artifact's time, parent and project rules."""
 
     def __init__(self, table: InodeTable, inode: int, artifact: ArtifactNode) -> None:
         super().__init__(table, inode)
@@ -494,6 +494,12 @@ class StagingPlaceholder(ListingNode):
 
     def project_access(self) -> ProjectAccess:
         return self.artifact.project_access()
+
+
+class StagingPlaceholder(ArtifactSubdir):
+    """``staging/`` until the write side replaces it: empty, read-only."""
+
+    mode = stat.S_IFDIR | 0o555
 
     def list_children(self) -> dict[str, Node]:
         return {}
@@ -569,7 +575,7 @@ class VersionTree:
         return m
 
     def _open(self) -> MountedManifest:
-        digest = self.version.manifest
+        digest = self.version.manifest_digest
         ref = self.version.ref
         if not is_digest(digest):
             raise BlobError(f"{ref}: its record names no manifest digest ({digest!r})")
@@ -653,8 +659,8 @@ class VersionNode(Node):
             entry.size if not entry.is_dir else DIR_SIZE,
             self.tree.version.created,
             self.ctx,
-            entry_timeout=self.ctx.ttl if self.is_root else FOREVER,
-            attr_timeout=FOREVER if settled else self.ctx.ttl,
+            entry_timeout=self.ctx.ttl if self.is_root else TREE_TTL,
+            attr_timeout=TREE_TTL if settled else self.ctx.ttl,
             mtime_ns=entry.mtime_ns,  # None in a format-1 manifest: the commit time
         )
         access = self.ctx.access
@@ -669,8 +675,8 @@ class VersionNode(Node):
         tree = self.tree
         if tree._manifest is None:
             cache = self.ctx.repo.cache
-            digest = tree.version.manifest
-            if not cache.has(digest) and cache.store.local_path(layout.blob_key(digest)) is None:
+            digest = tree.version.manifest_digest
+            if not cache.has(digest) and not cache.store.is_local:
                 return ROOT_ENTRY, False
         try:
             return tree.manifest.root(), True
@@ -680,7 +686,7 @@ class VersionNode(Node):
 
     def negative_timeout(self) -> float:
         # A name absent from an immutable tree stays absent.
-        return FOREVER
+        return TREE_TTL
 
     def parent(self) -> Node:
         if self.is_root:

@@ -178,10 +178,8 @@ class WritableArtifact(ArtifactNode):
                     raise StagingError(errno.EPERM, f"{name_new} is not an alias")
             if flags & ~1:
                 raise StagingError(errno.EINVAL, "only plain renames of aliases")
-            version = self._version_target(node.target())
             art = self.artifact
-            self.ctx.repo.set_alias(version, name_new)
-            self.ctx.repo.remove_alias(art.project, art.name, name_old)
+            version = self.ctx.repo.move_alias(art.project, art.name, name_old, name_new)
             # The kernel keeps the moved link's inode under the new name.
             node.alias = name_new
             key = ("alias", art.project, art.name)

@@ -126,15 +126,16 @@ class ObjectStore(abc.ABC):
         """Size and etag of an object; NotFound if absent."""
 
     @abc.abstractmethod
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
         """Objects under ``prefix`` (which ends with '/' or is empty).
 
-        With ``delimiter`` only the direct children: objects, and the common
-        prefixes (ending in '/') one level down.
+        Unless ``recursive``, only the direct children: objects, and the common
+        prefixes (ending in '/') one level down; with it, every object below,
+        sorted by key.
         """
 
     @abc.abstractmethod
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under ``prefix``, recursively, in no set order."""
 
     @abc.abstractmethod
@@ -152,6 +153,10 @@ class ObjectStore(abc.ABC):
     def local_path(self, key: str) -> Path | None:
         """A path a reader may open for the object's bytes, if the store is local."""
         return None
+
+    # True if objects are files on this machine (``local_path`` gives their
+    # paths, and a put of a file may move it in): ask this, not a path.
+    is_local: bool = False
 
     def exists(self, key: str) -> bool:
         try:

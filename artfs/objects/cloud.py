@@ -623,9 +623,9 @@ class CloudStore(ObjectStore):
             meta["path"], int(meta["size"]), self._tag(meta), meta["last_modified"].timestamp()
         )
 
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
-        if not delimiter:
-            return Listing(objects=sorted(self.iter_keys(prefix), key=lambda o: o.key))
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
+        if recursive:
+            return Listing(objects=sorted(self.iter_objects(prefix), key=lambda o: o.key))
         result = self._call(
             "list",
             prefix,
@@ -641,7 +641,7 @@ class CloudStore(ObjectStore):
                 listing.objects.append(self._info(meta))
         return listing
 
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         def collect() -> list[ObjectInfo]:
             out = []
             for chunk in obstore.list(self._store, prefix or None, chunk_size=1000):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -24,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from artfs.fsutil import flock, fsync_dir, fsync_file
 from artfs.hooks import pause_point
 from artfs.objects.base import (
     PUT_WORKERS,
@@ -85,24 +85,9 @@ def _syncfs(path: Path) -> bool:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a create, rename or unlink in it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalStore(ObjectStore):
+    is_local = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
         self.url = str(self.root)
@@ -205,15 +190,6 @@ class LocalStore(ObjectStore):
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {dest}: {e.strerror}") from e
 
-    @contextlib.contextmanager
-    def _cas_lock(self) -> Iterator[None]:
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     # -- interface ----------------------------------------------------------
 
     def get(self, key: str) -> bytes:
@@ -272,7 +248,7 @@ class LocalStore(ObjectStore):
         if if_match is None:
             self._install(tmp, dest, if_absent=if_absent)
         else:
-            with self._cas_lock():
+            with flock(self.root / ".lock"):
                 try:
                     current = _etag(dest.stat())
                 except FileNotFoundError:
@@ -385,7 +361,7 @@ class LocalStore(ObjectStore):
             return
         pause_point("STORE_STAGED")  # tests: a kill here leaves temp files
         if not _syncfs(self.root):
-            list(pool.map(lambda s: _fsync_path(s[1]), staged))
+            list(pool.map(lambda s: fsync_file(s[1]), staged))
         parents: set[Path] = set()
         try:
             for i, tmp, dest in staged:
@@ -434,9 +410,9 @@ class LocalStore(ObjectStore):
             raise NotFound(key)
         return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime)
 
-    def list(self, prefix: str, *, delimiter: bool = True) -> Listing:
-        if not delimiter:
-            return Listing(objects=sorted(self.iter_keys(prefix), key=lambda o: o.key))
+    def list(self, prefix: str, *, recursive: bool = False) -> Listing:
+        if recursive:
+            return Listing(objects=sorted(self.iter_objects(prefix), key=lambda o: o.key))
         base = self.root / prefix if prefix else self.root
         listing = Listing()
         try:
@@ -458,7 +434,7 @@ class LocalStore(ObjectStore):
                 )
         return listing
 
-    def iter_keys(self, prefix: str) -> Iterator[ObjectInfo]:
+    def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
         stack = [(base, prefix)]
         while stack:

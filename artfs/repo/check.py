@@ -89,7 +89,7 @@ def hash_stored_blob(repo: Repo, digest: str) -> tuple[str, int]:
     """(digest, size) of the bytes the store holds for ``digest``; NotFound if absent."""
     out = _HashWriter()
     repo.store.download(layout.blob_key(digest), out)  # type: ignore[arg-type]
-    return out.hasher.hexdigest(), out.hasher.size
+    return out.hasher.content_digest(), out.hasher.size
 
 
 def check_store(repo: Repo, *, read_data: bool = False, repair: bool = False) -> CheckReport:
@@ -97,7 +97,7 @@ def check_store(repo: Repo, *, read_data: bool = False, repair: bool = False) ->
     store = repo.store
     sizes = {
         layout.key_basename(o.key): o.size
-        for o in store.iter_keys(layout.blobs_prefix())
+        for o in store.iter_objects(layout.blobs_prefix())
         if is_digest(layout.key_basename(o.key))
     }
     report.blobs = len(sizes)
@@ -218,14 +218,14 @@ def _check_version(
     needed: dict[str, int | None],
     report: CheckReport,
 ) -> None:
-    needed.setdefault(v.manifest, None)
+    needed.setdefault(v.manifest_digest, None)
     try:
         m = repo.manifest(v)
         files = list(m.files())  # walks every entry: names and kinds are validated
     except NotFound:
         if _still_live(repo, v):
             report.problems.append(
-                Problem("missing-blob", v.ref, f"its manifest {v.manifest} is missing")
+                Problem("missing-blob", v.ref, f"its manifest {v.manifest_digest} is missing")
             )
         return
     except (StoreError, RepoError, ValueError) as e:
@@ -355,7 +355,7 @@ def verify_version(repo: Repo, version: Version, *, from_cache: bool = False) ->
     for path, e in files:
         assert e.digest is not None
         by_digest.setdefault(e.digest, []).append((path, e.size))
-    items = [("(manifest)", version.manifest, -1)] + [
+    items = [("(manifest)", version.manifest_digest, -1)] + [
         (paths[0][0], d, paths[0][1]) for d, paths in by_digest.items()
     ]
 

@@ -163,7 +163,7 @@ def commit_tree(
                 project=project,
                 artifact=artifact,
                 number=-1,
-                manifest=manifest_digest,
+                manifest_digest=manifest_digest,
                 tree=tree,
                 created=time.time(),
                 size=total,

@@ -302,7 +302,7 @@ def _draft_head(repo: Repo, project: str, artifact: str, group: str) -> Draft:
 def get_draft(repo: Repo, project: str, artifact: str, group: str) -> Draft:
     """The draft, with its part and file counts; NotFoundError if there is none."""
     d = _draft_head(repo, project, artifact, group)
-    objects = repo.store.list(layout.draft_prefix(project, artifact, group), delimiter=False)
+    objects = repo.store.list(layout.draft_prefix(project, artifact, group), recursive=True)
     d.updated = max((o.mtime for o in objects.objects), default=d.created)
     parts = read_parts(repo, project, artifact, group, strict=False)
     d.parts = len(parts)
@@ -718,7 +718,7 @@ def remove_draft_objects(repo: Repo, project: str, artifact: str, group: str) ->
     store = repo.store
     keys = [
         o.key
-        for o in store.list(layout.draft_prefix(project, artifact, group), delimiter=False).objects
+        for o in store.list(layout.draft_prefix(project, artifact, group), recursive=True).objects
     ]
     closed = layout.draft_closed_key(project, artifact, group)
     head = layout.draft_key(project, artifact, group)
@@ -754,7 +754,7 @@ def _written_at(repo: Repo, obj: ObjectInfo) -> float:
 def draft_activity(repo: Repo, project: str, artifact: str, group: str) -> tuple[float, str]:
     """(newest object time, state) of a draft directory, for gc; state
     ``empty`` for a directory a local store kept after its objects went."""
-    objects = repo.store.list(layout.draft_prefix(project, artifact, group), delimiter=False)
+    objects = repo.store.list(layout.draft_prefix(project, artifact, group), recursive=True)
     if not objects.objects:
         return 0.0, "empty"
     newest = max(_written_at(repo, o) for o in objects.objects)

@@ -228,10 +228,22 @@ class _Kept:
         project, artifact, number = item
         rec = self.repo.version_record(project, artifact, number)  # CorruptRecord: stop
         if isinstance(rec, Version):
-            return project, artifact, number, self._manifest_blobs(rec.manifest, rec.ref), True
-        if isinstance(rec, Tombstone) and rec.manifest and rec.deleted_at > self.cutoff:
+            return (
+                project,
+                artifact,
+                number,
+                self._manifest_blobs(rec.manifest_digest, rec.ref),
+                True,
+            )
+        if isinstance(rec, Tombstone) and rec.manifest_digest and rec.deleted_at > self.cutoff:
             where = f"{project}/{artifact}:v{number} (deleted)"
-            return project, artifact, number, self._manifest_blobs(rec.manifest, where), False
+            return (
+                project,
+                artifact,
+                number,
+                self._manifest_blobs(rec.manifest_digest, where),
+                False,
+            )
         return project, artifact, number, set(), False
 
     def _manifest_blobs(self, manifest_digest: str, where: str) -> set[str]:
@@ -262,7 +274,7 @@ def collect_garbage(
         raise RepoError(f"bad draft age {draft_age!r}: a number of seconds, 0 or more")
     store = repo.store
     now = time.time()
-    blobs = [o for o in store.iter_keys(layout.blobs_prefix()) if is_digest(_digest_of(o))]
+    blobs = [o for o in store.iter_objects(layout.blobs_prefix()) if is_digest(_digest_of(o))]
     kept = _Kept(repo, cutoff=now - grace)
     kept.scan()
     if dry_run:

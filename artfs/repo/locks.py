@@ -196,7 +196,7 @@ def _parse_lock(store: ObjectStore, key: str, mtime: float, ttl: float) -> LockI
 def list_locks(store: ObjectStore, ttl: float | None = None) -> list[LockInfo]:
     ttl = ttl if ttl is not None else lock_ttl()
     out = []
-    for obj in store.list(layout.locks_prefix(), delimiter=False).objects:
+    for obj in store.list(layout.locks_prefix(), recursive=True).objects:
         if not obj.key.endswith(".json"):
             continue
         info = _parse_lock(store, obj.key, obj.mtime, ttl)

@@ -78,7 +78,7 @@ class Tombstone:
 
     number: int
     deleted_at: float
-    manifest: str | None
+    manifest_digest: str | None
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], key: str) -> Tombstone:
@@ -199,7 +199,7 @@ class Version:
     project: str
     artifact: str
     number: int
-    manifest: str
+    manifest_digest: str
     tree: str
     created: float
     size: int
@@ -228,7 +228,7 @@ class Version:
     def to_record(self) -> dict[str, Any]:
         rec = {
             "version": self.number,
-            "manifest": self.manifest,
+            "manifest": self.manifest_digest,
             "tree": self.tree,
             "created": self.created,
             "size": self.size,
@@ -277,7 +277,7 @@ class Version:
             project=project,
             artifact=artifact,
             number=_int_field(rec, "version", key),
-            manifest=_digest_field(rec, "manifest", key),
+            manifest_digest=_digest_field(rec, "manifest", key),
             tree=_digest_field(rec, "tree", key),
             created=_time_field(rec, "created", key),
             size=_int_field(rec, "size", key),

@@ -202,7 +202,7 @@ def record_log(repo: Repo, run_id: str, version: Version) -> None:
 
 def _versions_under(repo: Repo, prefix: str) -> list[Version]:
     out = []
-    for obj in repo.store.iter_keys(prefix):
+    for obj in repo.store.iter_objects(prefix):
         rest = obj.key[len(prefix) :].split("/")
         if len(rest) != 3 or not rest[2].isdigit():
             continue

@@ -31,7 +31,6 @@ from pathlib import Path
 from artfs import names
 from artfs.manifest import Manifest
 from artfs.objects import StoreError
-from artfs.objects.local import fsync_dir
 from artfs.repo import NotFoundError, Repo, RepoError, Version
 from artfs.staging.commit import Commits
 from artfs.staging.control import Controls
@@ -97,10 +96,6 @@ class StagingArea(Overlay, Handles, Controls, Commits):
             os.close(self._fd)
             os.close(self._copy_fd)
             self._fd = self._copy_fd = -1
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fsync_dir(path)
 
     # -- type --------------------------------------------------------------
 

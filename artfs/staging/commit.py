@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -34,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 from artfs import names
 from artfs.config import format_size
+from artfs.fsutil import atomic_write, flock
 from artfs.manifest import DIR, FILE, SYMLINK, Manifest, ManifestBuilder
 from artfs.objects import StoreError
-from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree, layout
+from artfs.repo import CommitResult, NotFoundError, RepoError, Version, commit_tree
 from artfs.repo.commit import hash_files
 from artfs.repo.records import Committer
 from artfs.staging.errors import StagingError
@@ -78,12 +78,8 @@ class Commits:
     @contextlib.contextmanager
     def _commit_lock(self: StagingArea) -> Iterator[None]:
         """Across processes too: one commit of this staging at a time."""
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flock(self.root / "lock"):
             yield
-        finally:
-            os.close(fd)
 
     def _commit_options(self: StagingArea) -> dict[str, Any]:
         text = self.read_control(METADATA).strip()
@@ -260,7 +256,7 @@ class Commits:
                 type=type,
                 logged_by=logged_by,
                 committed_by=committed_by,
-                move=moved and self.repo.store.local_path(layout.CONFIG) is not None,
+                move=moved and self.repo.store.is_local,
                 stored=stored,
                 **options,
             )
@@ -298,13 +294,7 @@ class Commits:
 
     def _write_journal(self: StagingArea, journal: dict[str, Any]) -> None:
         self.commit_dir.mkdir(exist_ok=True)
-        tmp = self.commit_dir / "journal.tmp"
-        with open(tmp, "w") as f:
-            json.dump(journal, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.commit_dir / "journal.json")
-        self._fsync_dir(self.commit_dir)
+        atomic_write(self.commit_dir / "journal.json", json.dumps(journal))
 
     def _committed_version(self: StagingArea, journal: dict[str, Any]) -> Version | None:
         """The version a journaled commit made, if it got as far as its record."""

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from artfs import names
+from artfs.fsutil import atomic_write
 from artfs.manifest import FILE
 from artfs.repo import NotFoundError, Version
 from artfs.staging.errors import StagingError
@@ -174,7 +175,7 @@ class Controls:
             return "nothing committed yet\n"
 
     def _set_status(self: StagingArea, text: str) -> None:
-        tmp = self.root / "status.tmp"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        tmp.write_text(f"{text}\n{stamp} UTC\n")
-        os.replace(tmp, self.root / "status")
+        # Not durable: a report for people; a crash that loses it loses nothing
+        # the store or the journal does not hold, and it is rewritten often.
+        atomic_write(self.root / "status", f"{text}\n{stamp} UTC\n", durable=False)

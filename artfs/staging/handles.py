@@ -226,7 +226,7 @@ class Handles:
         if h.wrote and h.hasher is not None and h.fd is not None and not h.stale:
             st = os.fstat(h.fd)
             if st.st_size == h.hasher.size and st.st_nlink > 0 and not h.recorded:
-                self.state.set_hashed(h.ino, st.st_size, h.hasher.hexdigest())
+                self.state.set_hashed(h.ino, st.st_size, h.hasher.content_digest())
                 h.recorded = True  # until the next write: flush, then release
 
     def _flush(self: StagingArea, h: StagedFile) -> None:
