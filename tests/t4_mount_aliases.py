@@ -121,13 +121,7 @@ def test_mv_of_an_alias_sets_the_new_name_before_it_removes_the_old(
     api.repo.set_alias(api.repo.version("proj", "ds", 0), "best")
     pause = tmp_path / "pause"
     env = {**artfs_env, "ARTFS_TEST_PAUSE_ALIAS_MOVE_BOTH": str(pause)}
-    with mounted(
-        tmp_path / "mnt",
-        store_url=store_url,
-        cache_dir=cache_dir,
-        state_dir=tmp_path / "state",
-        env=env,
-    ) as m:
+    with mounted_here(tmp_path, store_url, cache_dir=cache_dir, env=env) as m:
         art = m.path / "proj/ds"
         errors: list[BaseException] = []
 
