@@ -115,7 +115,7 @@ def cmd_put(args: argparse.Namespace) -> None:
     if "latest" in args.alias:
         print("artfs: note: latest moves with every commit; -a latest ignored", file=sys.stderr)
     if not args.paths and not args.reference:
-        raise CliError("put: name at least one file or directory, or give --reference URI")
+        raise CliError("put: a PATH is required (a file or directory), or --reference URI")
     if args.ref_name is not None and len(args.reference) != 1:
         raise CliError("put: --ref-name goes with exactly one --reference")
     if args.max_objects is not None and args.max_objects < 1:

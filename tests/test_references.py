@@ -8,11 +8,14 @@ mount and the real CLI.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sqlite3
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -225,6 +228,9 @@ def test_gc_leaves_referents_alone(bucket, tmp_path: Path, api: Api) -> None:
         "loc/sub/b.txt": True,
         "plain.txt": False,
     }
+    got = v.download(tmp_path / "dl")  # the API's download() fetches them from their URIs
+    assert (got / "weights.bin").read_bytes() == want["weights.bin"]
+    assert (got / "loc/sub/b.txt").read_bytes() == b"local b\n"
     api.repo.delete_version(v.record, delete_aliases=True)
     result = collect_garbage(api.repo, grace=0, force=True)
     assert result.swept_blobs == 2  # the plain file's blob and the manifest: ours
@@ -281,3 +287,55 @@ def test_plain_manifests_stay_format_2(tmp_path: Path, api: Api) -> None:
     (tmp_path / "f.txt").write_bytes(b"plain")
     v = api.put([tmp_path / "f.txt"], "proj/plain").version
     assert api.repo.manifest(v).format == 2
+
+
+class _Resources(BaseHTTPRequestHandler):
+    """GET and HEAD of ``resources`` on loopback, with an ETag from the bytes."""
+
+    resources: dict[str, bytes] = {}
+
+    def _answer(self) -> bytes | None:
+        body = self.resources.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body) if body is not None else 0))
+        if body is not None:
+            self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+            self.send_header("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")
+        self.end_headers()
+        return body
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        body = self._answer()
+        if body is not None:
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "etag"])
+def test_http_references_on_loopback(
+    run_artfs, tmp_path: Path, artfs_env, api: Api, checksum: bool
+) -> None:
+    """The https:// path (plain GETs through obstore), over http to 127.0.0.1."""
+    _Resources.resources = {"/d/model.bin": os.urandom(200_000)}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Resources)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/d/model.bin"
+        flags = [] if checksum else ["--no-checksum"]
+        run_artfs("put", "-n", "proj/h", "--reference", uri, *flags)
+        run_artfs("get", "proj/h:v0", "--root", str(tmp_path / "out"))
+        assert (tmp_path / "out/model.bin").read_bytes() == _Resources.resources["/d/model.bin"]
+        _Resources.resources["/d/model.bin"] = os.urandom(200_000)
+        env = dict(artfs_env, ARTFS_CACHE=str(tmp_path / "cold"))
+        r = run_artfs("get", "proj/h:v0", "--root", str(tmp_path / "out2"), check=False, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"reference {uri} changed since the commit" in r.stderr
+        assert not (tmp_path / "out2/model.bin").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -201,7 +201,7 @@ class Referents:
         store, path = self._http(uri)
         try:
             return fn(store, path)
-        except obx.NotFoundError:
+        except (obx.NotFoundError, FileNotFoundError):
             raise NotFound(uri) from None
         except obx.PreconditionError:
             raise PreconditionFailed(f"changed: {uri}") from None
