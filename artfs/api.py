@@ -41,6 +41,7 @@ from artfs.repo import (
     runs,
 )
 from artfs.repo.query import select
+from artfs.repo.references import add_references
 
 Progress = Callable[[int], None]
 PhaseProgress = Callable[[str, int], Progress | None]
@@ -61,6 +62,7 @@ class ArtifactEntry(tuple):
         self.digest = entry.digest or ""
         self.target = entry.target
         self.mode = entry.mode
+        self.ref = entry.ref  # a reference entry's URI (W&B's ``entry.ref``), else None
         return self
 
     def __repr__(self) -> str:
@@ -308,6 +310,7 @@ class Artifact:
         self._pending: dict[str, Path] = {}  # path in the artifact -> file on disk
         self._base: Version | None = None
         self._base_digests: frozenset[str] = frozenset()
+        self._referents: Any = None  # made by the first add_reference
         self.logged: ArtifactVersion | None = None
 
     def _start_from(self, repo: Repo, version: Version) -> None:
@@ -341,6 +344,32 @@ class Artifact:
         for path, disk in scan_tree(src, self._builder, prefix):
             self._place(path)
             self._pending[path] = disk
+
+    def add_reference(
+        self,
+        uri: str,
+        name: str | None = None,
+        checksum: bool = True,
+        max_objects: int | None = None,
+    ) -> int:
+        """Add an object outside the store by URI (``s3://``, ``gs://``,
+        ``az://``, ``file://``, ``https://``), as ``wandb.Artifact.add_reference``;
+        a prefix (``s3://b/dir/`` or a ``file://`` directory) adds one entry per
+        object, at most ``max_objects``. ``checksum`` reads each object now and
+        records the digest of its bytes; without, its etag. Returns how many."""
+        from artfs.objects.referents import Referents
+
+        if self._referents is None:
+            self._referents = Referents()
+        return add_references(
+            self._builder,
+            self._referents,
+            uri,
+            name,
+            checksum=checksum,
+            max_objects=max_objects,
+            before_add=self._place,
+        )
 
     def remove(self, name: str) -> None:
         path = name.strip("/")
@@ -574,11 +603,16 @@ class Api:
         logged_by: str | None = None,
         phases: PhaseProgress | None = None,
         ttl: float | None = None,
+        references: Iterable[tuple[str, str | None]] = (),
+        checksum: bool = True,
+        max_objects: int | None = None,
     ) -> CommitResult:
         """Store files and directories as the next version of ``proj/name``.
 
         A directory's contents go at the artifact's root (like
         ``wandb artifact put dir/``); a file goes under its own name.
+        ``references`` are (URI, path or None) of objects to add as reference
+        entries (``Artifact.add_reference``, with ``checksum`` and ``max_objects``).
         ``type`` defaults to the artifact's, or ``dataset`` for a new one.
         ``progress`` is called with the bytes hashed; ``phases``, if given,
         instead is called as ``phases("hashing", total_bytes)`` and
@@ -601,7 +635,12 @@ class Api:
                 type = self.repo.artifact(ref.project, ref.artifact).type
             except RepoError:
                 type = "dataset"
-        builder, files = build_tree(paths)
+        paths, references = list(paths), list(references)
+        builder, files = build_tree(paths) if paths or not references else (ManifestBuilder(), [])
+        for uri, at in references:
+            add_references(
+                builder, self.repo.referents, uri, at, checksum=checksum, max_objects=max_objects
+            )
         upload_progress = None
         if phases is not None:
             progress = phases("hashing", sum(os.stat(disk).st_size for _, disk in files))
@@ -658,6 +697,8 @@ class Api:
             metadata=artifact.metadata,
         )
         builder, sources = artifact._build()
+        if next(builder.references(), None) is not None:
+            raise RepoError("a shared draft takes files, not reference entries: log_artifact them")
         entries = drafts.builder_entries(builder)
         if not entries:
             raise RepoError(f"nothing to upsert: {artifact.name} has no files")

@@ -114,6 +114,12 @@ def cmd_put(args: argparse.Namespace) -> None:
     ttl = parse_duration(args.ttl) if args.ttl else None
     if "latest" in args.alias:
         print("artfs: note: latest moves with every commit; -a latest ignored", file=sys.stderr)
+    if not args.paths and not args.reference:
+        raise CliError("put: a PATH is required (a file or directory), or --reference URI")
+    if args.ref_name is not None and len(args.reference) != 1:
+        raise CliError("put: --ref-name goes with exactly one --reference")
+    if args.max_objects is not None and args.max_objects < 1:
+        raise CliError(f"put: bad --max-objects {args.max_objects}: at least 1")
     api = _api(args)
     with _progress_bars() as bars:
         result = api.put(
@@ -125,6 +131,9 @@ def cmd_put(args: argparse.Namespace) -> None:
             metadata=metadata,
             phases=bars,
             ttl=ttl,
+            references=[(uri, args.ref_name) for uri in args.reference],
+            checksum=not args.no_checksum,
+            max_objects=args.max_objects,
         )
     v = result.version
     if args.json:
@@ -149,6 +158,8 @@ def cmd_put(args: argparse.Namespace) -> None:
 
 
 def _put_draft(args: argparse.Namespace) -> None:
+    if args.reference:
+        raise CliError("put --draft takes files, not --reference: put references as a version")
     if args.alias or args.description or args.metadata or args.ttl:
         raise CliError("put --draft takes no -a/-d/-m/--ttl: give them to `artfs draft finish`")
     d = _api(args).put_draft(args.paths, args.name, args.draft, type=args.type)
@@ -248,6 +259,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         out["files"] = [
             {"path": f.path, "kind": f.kind, "size": f.size, "digest": f.digest or None}
             | ({"target": f.target} if f.target is not None else {})
+            | ({"reference": f.ref} if f.ref is not None else {})
             for f in art.files()
         ]
     if args.json:
@@ -276,6 +288,8 @@ def cmd_show(args: argparse.Namespace) -> None:
                 print(f"  {'dir':>12}  {f['path']}/")
             elif f["kind"] == "symlink":
                 print(f"  {'link':>12}  {f['path']} -> {f['target']}")
+            elif "reference" in f:
+                print(f"  {f['size']:>12}  {f['path']}  (reference: {f['reference']})")
             else:
                 print(f"  {f['size']:>12}  {f['path']}")
 
@@ -763,8 +777,33 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("put", cmd_put, "store files or directories as a new version")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to store")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files and directories to store")
     p.add_argument("-n", "--name", required=True, help="project/artifact")
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="add an object outside the store by URI, not a copy (s3://, gs://, az://, "
+        "file://, https://); a prefix ending in / or a file:// directory adds each object "
+        "under it (repeat)",
+    )
+    p.add_argument(
+        "--ref-name",
+        metavar="PATH",
+        help="the path of the one --reference in the artifact (a prefix's directory)",
+    )
+    p.add_argument(
+        "--max-objects",
+        type=int,
+        metavar="N",
+        help="refuse a --reference prefix of more than N objects",
+    )
+    p.add_argument(
+        "--no-checksum",
+        action="store_true",
+        help="record each reference's etag instead of reading it to record its digest",
+    )
     p.add_argument(
         "-t", "--type", help="artifact type (default: the artifact's, or dataset for a new one)"
     )

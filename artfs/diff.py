@@ -33,8 +33,9 @@ class Change:
 _KINDS = {"f": "file", "d": "dir", "l": "symlink"}
 
 
-def _content(e: Entry) -> tuple[str, str | None, str | None]:
-    return (e.kind, e.digest, e.target)
+def _content(e: Entry) -> tuple[str, str | None, str | None, str | None, str | None]:
+    # A reference known by its etag has no digest: its URI and etag are its content.
+    return (e.kind, e.digest, e.target, e.ref, e.etag)
 
 
 def diff_manifests(old: Manifest, new: Manifest) -> list[Change]:

@@ -13,6 +13,14 @@ permission bits of files and directories (``mode & 0o777``: setuid, setgid
 and sticky bits are never stored). A format-1 manifest still reads: its
 entries have no mtime (``Entry.mtime_ns`` is None, shown as the version's
 commit time) and modes as they were written (0644/0755 files, 0755 dirs).
+
+Format 3 adds ``ref`` and ``etag``: a **reference entry** is a file whose
+bytes live outside the store, at the URI in ``ref`` (``artfs.objects.
+referents``), with ``digest`` the digest of those bytes (read once at commit)
+or NULL and ``etag`` the object's etag then. Format 3 is written only for a
+tree with a reference, so every other manifest stays byte for byte format 2.
+``ManifestBuilder.files`` and ``Manifest.digests`` name only blobs of the
+store; a reference is never one (gc, check and commits look for none).
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ import xxhash
 
 from artfs.digest import is_digest
 from artfs.names import BadName, check_entry_name, check_path, check_path_component
+from artfs.objects.referents import BadReference, check_etag, check_uri
 
 FORMAT = 2
-READABLE_FORMATS = (1, 2)
+REFERENCE_FORMAT = 3  # written only when the tree has a reference entry
+READABLE_FORMATS = (1, 2, 3)
 ROOT_ID = 1
 # What a version keeps of a mode: permission bits only, never set-id or sticky.
 PERMISSION_BITS = 0o777
@@ -51,6 +61,10 @@ CREATE TABLE entries (
 );
 CREATE UNIQUE INDEX entries_by_name ON entries (parent, name);
 """
+# Format 3: the same, with a reference's URI and etag after the mtime.
+_SCHEMA_REFS = _SCHEMA.replace(
+    "    mtime INTEGER\n", "    mtime INTEGER,\n    ref TEXT,\n    etag TEXT\n"
+)
 
 
 class ManifestError(ValueError):
@@ -67,6 +81,7 @@ _REQUIRED = {
 def _entry(row: tuple, where: object) -> Entry:
     """An entry read from a manifest, checked like user input before it becomes a path."""
     entry_id, parent, name, kind, mode, size, digest, target, mtime_ns = row[:9]
+    ref, etag = row[9:11] if len(row) > 9 else (None, None)
     bad = None
     if not all(isinstance(x, int) for x in (entry_id, parent, mode, size)):
         bad = "non-integer id, parent, mode or size"
@@ -81,6 +96,8 @@ def _entry(row: tuple, where: object) -> Entry:
             bad = "the root is not a directory named ''"
     elif parent >= entry_id or parent < ROOT_ID:
         bad = f"entry {entry_id} has parent {parent}"
+    elif ref is not None or etag is not None:
+        bad = _reference_problem(kind, ref, digest, etag)
     elif kind == FILE and not (isinstance(digest, str) and is_digest(digest)):
         bad = f"file with bad digest {digest!r}"
     elif kind == SYMLINK and not (isinstance(target, str) and target and "\0" not in target):
@@ -95,6 +112,23 @@ def _entry(row: tuple, where: object) -> Entry:
     return Entry(*row)
 
 
+def _reference_problem(kind: object, ref: object, digest: object, etag: object) -> str | None:
+    """Why a reference entry read from a manifest is unusable, or None."""
+    if kind != FILE or ref is None:
+        return "an etag or reference on an entry that is no reference file"
+    try:
+        check_uri(ref)
+        if etag is not None:
+            check_etag(etag)
+    except BadReference as e:
+        return str(e)
+    if digest is None:
+        return None if etag is not None else "reference with neither digest nor etag"
+    if not (isinstance(digest, str) and is_digest(digest)):
+        return f"reference with bad digest {digest!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class Entry:
     id: int
@@ -106,6 +140,12 @@ class Entry:
     digest: str | None = None
     target: str | None = None
     mtime_ns: int | None = None  # None: a format-1 entry, shown at its commit time
+    ref: str | None = None  # a reference entry's URI (format 3): its bytes are there
+    etag: str | None = None  # a reference's etag at commit (checksum=False: no digest)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.ref is not None
 
     @property
     def is_dir(self) -> bool:
@@ -128,8 +168,8 @@ def file_mode(executable: bool) -> int:
     return 0o755 if executable else 0o644
 
 
-# path -> (kind, mode, size, digest, target, mtime_ns)
-_Row = tuple[str, int, int, str | None, str | None, int | None]
+# path -> (kind, mode, size, digest, target, mtime_ns, ref, etag)
+_Row = tuple[str, int, int, str | None, str | None, int | None, str | None, str | None]
 
 
 class ManifestBuilder:
@@ -137,7 +177,7 @@ class ManifestBuilder:
 
     def __init__(self) -> None:
         # "" is the root.
-        self._entries: dict[str, _Row] = {"": (DIR, 0o755, 0, None, None, None)}
+        self._entries: dict[str, _Row] = {"": (DIR, 0o755, 0, None, None, None, None, None)}
 
     def __len__(self) -> int:
         return len(self._entries) - 1
@@ -169,18 +209,44 @@ class ManifestBuilder:
     ) -> None:
         """A file; ``mode`` (its permission bits) wins over ``executable``."""
         bits = file_mode(executable) if mode is None else mode & PERMISSION_BITS
-        self._add(path, (FILE, bits, size, digest, None, mtime_ns))
+        self._add(path, (FILE, bits, size, digest, None, mtime_ns, None, None))
+
+    def add_reference(
+        self,
+        path: str,
+        uri: str,
+        size: int,
+        *,
+        digest: str | None = None,
+        etag: str | None = None,
+        mode: int = 0o644,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """A file whose bytes stay at ``uri``: with their ``digest``, or (no
+        checksum) the object's ``etag``."""
+        check_uri(uri)
+        if digest is None and etag is None:
+            raise ValueError(f"reference {uri}: a digest or an etag is needed")
+        if digest is not None and not is_digest(digest):
+            raise ValueError(f"reference {uri}: bad digest {digest!r}")
+        if etag is not None:
+            check_etag(etag)
+        if size < 0:
+            raise ValueError(f"reference {uri}: bad size {size}")
+        row = (FILE, mode & PERMISSION_BITS, size, digest, None, mtime_ns, uri, etag)
+        self._add(path, row)
 
     def add_dir(self, path: str, *, mode: int | None = None, mtime_ns: int | None = None) -> None:
         """A directory; ``""`` sets the root's mode and mtime."""
         bits = 0o755 if mode is None else mode & PERMISSION_BITS
         if path == "":
-            self._entries[""] = (DIR, bits, 0, None, None, mtime_ns)
+            self._entries[""] = (DIR, bits, 0, None, None, mtime_ns, None, None)
             return
-        self._add(path, (DIR, bits, 0, None, None, mtime_ns))
+        self._add(path, (DIR, bits, 0, None, None, mtime_ns, None, None))
 
     def add_symlink(self, path: str, target: str, *, mtime_ns: int | None = None) -> None:
-        self._add(path, (SYMLINK, 0o777, len(target.encode()), None, target, mtime_ns))
+        row = (SYMLINK, 0o777, len(target.encode()), None, target, mtime_ns, None, None)
+        self._add(path, row)
 
     def remove(self, path: str) -> None:
         """Drop an entry and, for a directory, everything below it."""
@@ -192,16 +258,27 @@ class ManifestBuilder:
             del self._entries[p]
 
     def files(self) -> Iterator[tuple[str, int, str]]:
-        """(path, size, digest) of every file."""
-        for path, (kind, _mode, size, digest, _t, _m) in self._entries.items():
-            if kind == FILE:
+        """(path, size, digest) of every file stored as a blob (not references)."""
+        for path, (kind, _mode, size, digest, _t, _m, ref, _e) in self._entries.items():
+            if kind == FILE and ref is None:
                 yield path, size, digest  # type: ignore[misc]
 
     def file_rows(self) -> Iterator[tuple[str, int, str, int, int | None]]:
-        """(path, size, digest, mode, mtime_ns) of every file."""
-        for path, (kind, mode, size, digest, _t, mtime_ns) in self._entries.items():
-            if kind == FILE:
+        """(path, size, digest, mode, mtime_ns) of every file stored as a blob."""
+        for path, (kind, mode, size, digest, _t, mtime_ns, ref, _e) in self._entries.items():
+            if kind == FILE and ref is None:
                 yield path, size, digest, mode, mtime_ns  # type: ignore[misc]
+
+    def references(self) -> Iterator[tuple[str, int, str]]:
+        """(path, size, URI) of every reference entry."""
+        for path, (kind, _mode, size, _d, _t, _m, ref, _e) in self._entries.items():
+            if kind == FILE and ref is not None:
+                yield path, size, ref
+
+    def totals(self) -> tuple[int, int]:
+        """(file count, sum of file sizes), references included."""
+        sizes = [row[2] for row in self._entries.values() if row[0] == FILE]
+        return len(sizes), sum(sizes)
 
     def symlinks(self) -> list[str]:
         """Paths of the symbolic links."""
@@ -211,9 +288,12 @@ class ManifestBuilder:
         """A digest of the tree's content, independent of how SQLite lays it out."""
         h = xxhash.xxh3_128()
         for path in sorted(self._entries):
-            kind, mode, size, digest, target, mtime = self._entries[path]
-            # An entry without an mtime hashes as in format 1.
+            kind, mode, size, digest, target, mtime, ref, etag = self._entries[path]
+            # An entry without an mtime hashes as in format 1, one without a
+            # reference as in format 2.
             when = "" if mtime is None else f"\0{mtime}"
+            if ref is not None:
+                when += f"\0ref\0{ref}\0{etag or ''}"
             h.update(
                 f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}{when}\n".encode()
             )
@@ -225,35 +305,28 @@ class ManifestBuilder:
         total_size = 0
         file_count = 0
         rows = []
+        refs = any(row[6] is not None for row in self._entries.values())
         for path in paths:
-            kind, mode, size, digest, target, mtime = self._entries[path]
+            kind, mode, size, digest, target, mtime, ref, etag = self._entries[path]
             parent, _, name = path.rpartition("/")
-            rows.append(
-                (
-                    ids[path],
-                    ids[parent] if path else 0,
-                    name,
-                    kind,
-                    mode,
-                    size,
-                    digest,
-                    target,
-                    mtime,
-                )
-            )
+            row = (ids[path], ids[parent] if path else 0, name, kind, mode, size, digest, target)
+            # Format 2 has no reference columns: its rows stay as they were.
+            rows.append((*row, mtime, ref, etag) if refs else (*row, mtime))
             if kind == FILE:
                 total_size += size
                 file_count += 1
         dest.unlink(missing_ok=True)
         db = sqlite3.connect(dest)
         try:
-            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
+            schema = _SCHEMA_REFS if refs else _SCHEMA
+            db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + schema)
             with db:
-                db.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                marks = ",".join("?" * len(rows[0]))
+                db.executemany(f"INSERT INTO entries VALUES ({marks})", rows)
                 db.executemany(
                     "INSERT INTO info VALUES (?,?)",
                     [
-                        ("format", str(FORMAT)),
+                        ("format", str(REFERENCE_FORMAT if refs else FORMAT)),
                         ("file_count", str(file_count)),
                         ("total_size", str(total_size)),
                         ("tree", self.tree_digest()),
@@ -277,7 +350,8 @@ class ManifestBuilder:
         for path, e in entries:
             mtime = e.mtime_ns if e.mtime_ns is not None else default_mtime_ns
             mode = e.mode & PERMISSION_BITS
-            builder._entries[path] = (e.kind, mode, e.size, e.digest, e.target, mtime)
+            row = (e.kind, mode, e.size, e.digest, e.target, mtime, e.ref, e.etag)
+            builder._entries[path] = row
         return builder
 
 
@@ -340,6 +414,11 @@ class Manifest:
                 self._COLS = "id, parent, name, kind, mode, size, digest, target, NULL"
             elif "mtime" not in cols:
                 raise ManifestError(f"bad manifest {where}: format 2 without mtimes")
+            elif self.format == REFERENCE_FORMAT:
+                if not {"ref", "etag"} <= cols:
+                    raise ManifestError(f"bad manifest {where}: format 3 without references")
+                self._COLS = Manifest._COLS + ", ref, etag"
+                self._NOT_REF = " AND ref IS NULL"
             self.file_count = int(info["file_count"])
             self.total_size = int(info["total_size"])
             self.tree_digest = str(info["tree"])
@@ -358,6 +437,7 @@ class Manifest:
         return db
 
     _COLS = "id, parent, name, kind, mode, size, digest, target, mtime"
+    _NOT_REF = ""  # a condition that leaves reference entries out (format 3)
 
     def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Rows of a query; a database that fails to read is a bad manifest."""
@@ -436,7 +516,9 @@ class Manifest:
         return ((p, e) for p, e in self.walk() if e.is_file)
 
     def digests(self) -> set[str]:
-        out = {r[0] for r in self._rows("SELECT DISTINCT digest FROM entries WHERE kind = 'f'")}
+        """Digests of the store's blobs that the tree uses (references are not blobs)."""
+        sql = f"SELECT DISTINCT digest FROM entries WHERE kind = 'f'{self._NOT_REF}"
+        out = {r[0] for r in self._rows(sql)}
         bad = next((d for d in out if not (isinstance(d, str) and is_digest(d))), None)
         if bad is not None or None in out:
             raise ManifestError(f"bad manifest {self.digest or self.path}: bad digest {bad!r}")

@@ -13,6 +13,11 @@ the user's to keep.
 
 A file that already holds the right bytes is left alone (a hard link into
 the cache counts only in link mode; otherwise it is replaced by a copy).
+
+A reference entry is fetched from its URI into the cache first
+(``cache/referents.py``: verified against its digest, or its etag checked),
+then placed like a blob; an object that changed or vanished since the
+commit fails the get (BlobError), never writes other bytes.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from artfs.cache import BlobCache, BlobError, BlobReader, Stamp, verify_fd
+from artfs.cache.referents import open_reference
 from artfs.digest import digest_file
 from artfs.fsutil import replace
 from artfs.manifest import Entry
+from artfs.objects.referents import Referents
 from artfs.repo import Repo, RepoError, Version
 
 Progress = Callable[[int], None]
@@ -47,8 +54,9 @@ REFLINK = True
 class _Placer:
     """How files go into one destination: reflink, copy or hard link."""
 
-    def __init__(self, cache: BlobCache, link: bool) -> None:
+    def __init__(self, cache: BlobCache, link: bool, referents: Referents | None = None) -> None:
         self.cache = cache
+        self.referents = referents or Referents()
         self.link = link
         self.reflink = REFLINK  # until the destination's filesystem says otherwise
         self.counts = {"reflink": 0, "copy": 0, "link": 0}
@@ -56,7 +64,9 @@ class _Placer:
     def holds(self, target: Path, e: Entry) -> bool:
         """Whether ``target`` is a regular file with exactly these bytes already
         (and, outside link mode, not the cache's own inode)."""
-        assert e.digest is not None
+        if e.digest is None:
+            return False  # a reference known by its etag: placed anew, its etag checked
+
         try:
             st = target.lstat()
         except FileNotFoundError:
@@ -83,9 +93,12 @@ class _Placer:
         return False
 
     def place(self, target: Path, e: Entry) -> None:
-        assert e.digest is not None
         tmp = target.with_name(f".{target.name}.artfs-{uuid.uuid4().hex[:8]}")
         try:
+            if e.is_reference:
+                self._place_reference(target, tmp, e)
+                return
+            assert e.digest is not None
             if self.link and not e.executable:
                 reader = self.cache.open_verified(e.digest, e.size)
                 try:
@@ -107,6 +120,21 @@ class _Placer:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+    def _place_reference(self, target: Path, tmp: Path, e: Entry) -> None:
+        reader = open_reference(self.cache, self.referents, e)
+        try:
+            cached = self.cache.path(reader.digest)
+            if self.link and not e.executable and self._link(reader, cached, tmp):
+                self.cache.restamp_linked(reader.digest, tmp)
+                self.counts["link"] += 1
+                _replace(tmp, target)
+                return
+            self._copy(reader, tmp, e)
+        finally:
+            reader.close()
+        os.chmod(tmp, 0o755 if e.executable else 0o644)
+        _replace(tmp, target)
 
     def _link(self, reader: BlobReader, cached: Path, tmp: Path) -> bool:
         if reader.stamp is not None and Stamp.of_fd(reader.fd) != reader.stamp:
@@ -217,7 +245,7 @@ def materialize(
             os.symlink(e.target, target)  # type: ignore[arg-type]
         else:
             files.append((target, e))
-    placer = _Placer(repo.cache, link)
+    placer = _Placer(repo.cache, link, repo.referents)
 
     def place(chunk: list[tuple[Path, Entry]]) -> int:
         for target, e in chunk:

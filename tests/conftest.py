@@ -18,7 +18,7 @@ from artfs.api import Api
 from tests.azureserver import az_url, azureserver  # noqa: F401 - fixtures
 from tests.gcsserver import gcs_url, gcsserver  # noqa: F401 - fixtures
 from tests.mounting import artfs_cli
-from tests.s3server import s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
+from tests.s3server import refs_bucket, s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 
 # Every test taking ``store_url`` runs on a local directory and on S3 (SeaweedFS
 # on loopback); the tests chosen in CLOUD_TESTS run on GCS (fake-gcs-server)

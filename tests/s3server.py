@@ -231,3 +231,61 @@ def store_ttfb_version(
 def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> TtfbStore:
     """Built once per session: the 4 GiB upload takes SeaweedFS half a minute."""
     return store_ttfb_version(s3server, tmp_path_factory.mktemp("ttfb-cache"))
+
+
+# -- a second bucket, for what lives outside a store (reference entries) -----
+
+REFS_BUCKET = "artfs-refs"
+
+
+def create_bucket(server: S3Server, bucket: str) -> None:
+    """``PUT /<bucket>`` signed with AWS Signature V4 (obstore cannot create
+    buckets); a bucket that exists already is fine."""
+    import datetime
+    import hashlib
+    import hmac
+    import urllib.error
+    import urllib.request
+
+    now = datetime.datetime.now(datetime.UTC)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    host = f"127.0.0.1:{server.port}"
+    payload = hashlib.sha256(b"").hexdigest()
+    headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(
+        ["PUT", f"/{bucket}", "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed]
+    )
+    canonical += "\n" + payload
+    scope = f"{day}/{server.region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = ("AWS4" + server.secret_key).encode()
+    for part in (day, server.region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    request = urllib.request.Request(f"http://{host}/{bucket}", method="PUT")
+    for k, v in headers.items():
+        if k != "host":
+            request.add_header(k, v)
+    request.add_header(
+        "Authorization",
+        f"AWS4-HMAC-SHA256 Credential={server.access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+    except urllib.error.HTTPError as e:
+        body = e.read().decode(errors="replace")
+        if e.code != 409 and "BucketAlready" not in body:
+            raise RuntimeError(f"cannot create bucket {bucket}: {e.code} {body[:300]}") from None
+
+
+@pytest.fixture(scope="session")
+def refs_bucket(s3server: S3Server) -> str:
+    """A second bucket on the session's server, apart from the stores' bucket:
+    objects there are referents, not the store's. Returns its name."""
+    create_bucket(s3server, REFS_BUCKET)
+    return REFS_BUCKET

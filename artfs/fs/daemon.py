@@ -313,7 +313,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         repo = Repo.open(store, str(cfg.settings.cache_dir), cfg.settings.cache_size)
         ctx = MountContext(
             repo=repo,
-            opener=BlobOpener(repo.cache, store),
+            opener=BlobOpener(repo.cache, store, repo.referents),
             ttl=cfg.ttl,
             uid=os.getuid(),
             gid=os.getgid(),

@@ -31,7 +31,10 @@ from collections import OrderedDict
 from typing import Protocol
 
 from artfs.cache import BlobCache, BlobError
+from artfs.cache.referents import open_reference
+from artfs.manifest import Entry
 from artfs.objects import ObjectStore
+from artfs.objects.referents import Referents
 
 
 class Reader(Protocol):
@@ -130,6 +133,8 @@ class VersionFileHandle(FileHandle):
     def release(self) -> None:
         if self._pool is not None:
             self._pool.release(self._inode)
+        else:  # a reader of its own (a reference entry's): nobody else closes it
+            self.reader.close()
 
 
 # Bytes of idle small files kept in memory for their next open.
@@ -237,9 +242,12 @@ class BlobOpener:
     """Opens blobs for reading. The cache verifies (and re-checks the stamp of)
     every file it hands out, the store's own files included."""
 
-    def __init__(self, cache: BlobCache, store: ObjectStore) -> None:
+    def __init__(
+        self, cache: BlobCache, store: ObjectStore, referents: Referents | None = None
+    ) -> None:
         self.cache = cache
         self.store = store
+        self.referents = referents or Referents()
 
     @property
     def verified_blobs(self) -> int:
@@ -254,13 +262,21 @@ class BlobOpener:
         return self.cache.verify_seconds
 
     def open(self, digest: str, size: int) -> Reader:
-        reader = self.cache.open_reader(digest, size)
+        return self._small_in_memory(self.cache.open_reader(digest, size), size, f"blob {digest}")
+
+    def open_reference(self, entry: Entry) -> Reader:
+        """A reader of a reference entry: fetched from its URI into the cache
+        on a miss; BlobError if the object changed or vanished since the commit."""
+        reader = open_reference(self.cache, self.referents, entry)
+        return self._small_in_memory(reader, entry.size, f"reference {entry.ref}")
+
+    def _small_in_memory(self, reader: Reader, size: int, what: str) -> Reader:
         try:
             if size <= SMALL_FILE:
                 # One byte more than expected shows a blob that is too long.
                 data = reader.read(0, size + 1)
                 if len(data) != size:
-                    raise BlobError(f"blob {digest} holds {len(data)} bytes, not {size}")
+                    raise BlobError(f"{what} holds {len(data)} bytes, not {size}")
                 reader.close()
                 return InMemory(data)
         except BaseException:

@@ -608,7 +608,11 @@ class VersionTree:
             and isinstance(entry.size, int)
             and entry.size >= 0
             and entry.kind in (DIR, FILE, SYMLINK)
-            and (entry.kind != FILE or (isinstance(entry.digest, str) and is_digest(entry.digest)))
+            and (
+                entry.kind != FILE
+                or (isinstance(entry.digest, str) and is_digest(entry.digest))
+                or (entry.ref is not None and entry.digest is None and entry.etag is not None)
+            )
             and (entry.kind != SYMLINK or isinstance(entry.target, str))
         )
         if ok and entry.id != ROOT_ID:
@@ -717,6 +721,9 @@ class VersionNode(Node):
             raise fuse_error(errno.EROFS)
         if not self.entry.is_file:
             return super().open(flags, ctx)
+        if self.entry.is_reference:
+            # Not pooled: every open of one with only an etag asks its URI again.
+            return VersionFileHandle(self.ctx.opener.open_reference(self.entry))
         assert self.entry.digest is not None
         if self.entry.size == 0 and self.entry.digest == EMPTY_DIGEST:
             return VersionFileHandle(EMPTY)
@@ -728,7 +735,10 @@ class VersionNode(Node):
 
     def xattrs(self) -> dict[str, bytes]:
         if self.entry.is_file:
-            return {XATTR_PREFIX + "digest": (self.entry.digest or "").encode()}
+            out = {XATTR_PREFIX + "digest": (self.entry.digest or "").encode()}
+            if self.entry.ref is not None:
+                out[XATTR_PREFIX + "reference"] = self.entry.ref.encode()
+            return out
         if not self.is_root:
             return {}
         v = self.tree.record()

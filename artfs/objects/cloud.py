@@ -509,23 +509,26 @@ class CloudStore(ObjectStore):
 
         return self._call("get_range", key, fetch)
 
-    def download(self, key: str, out: BinaryIO) -> int:
-        """Stream the object into ``out``; a body cut off is resumed where it stopped."""
+    def download(self, key: str, out: BinaryIO, *, if_match: str | None = None) -> int:
+        """Stream the object into ``out``; a body cut off is resumed where it stopped.
+
+        ``if_match``: only the object with that etag (PreconditionFailed else;
+        S3 and Azure, whose tags are etags), for reference entries."""
         written = 0
-        etag: str | None = None
+        etag: str | None = if_match
         total: int | None = None
 
         def stream() -> int:
             nonlocal written, etag, total
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = {"if_match": etag} if etag else {}
             if written:
                 if total is not None and written >= total:
                     return written  # cut off after the last byte
                 options["range"] = {"offset": written}
                 options["if_match"] = etag  # resume only the same object
             result = obstore.get(self._store, key, options=options or None)
-            if etag is None:
-                etag = result.meta.get("e_tag")
+            if total is None:
+                etag = etag or result.meta.get("e_tag")
                 total = int(result.meta["size"])
             for chunk in result.stream(min_chunk_size=_DOWNLOAD_CHUNK):
                 out.write(chunk)

@@ -2,7 +2,9 @@
 
 check: the store's format; every record parses; every live version's manifest
 exists, opens and passes validation, and every blob it names is in the store
-with the right size; aliases name live versions and ``latest`` the highest;
+with the right size (reference entries name no blob: their objects are not
+the store's, and check does not ask their URIs); aliases name live versions
+and ``latest`` the highest;
 no orphan temp objects; locks that are stale. ``read_data`` also re-hashes
 every blob a live version needs. ``repair`` fixes only what is safe to fix
 without knowing more than the store does: ``latest``, stale locks, orphan
@@ -237,6 +239,8 @@ def _check_version(
             Problem("bad-manifest", v.ref, "the manifest does not match its version record")
         )
     for path, e in files:
+        if e.is_reference:
+            continue  # its bytes are not ours to hold: no blob to look for
         assert e.digest is not None  # validated by the manifest
         if needed.setdefault(e.digest, e.size) not in (e.size, None):
             report.problems.append(
@@ -349,7 +353,7 @@ def verify_version(repo: Repo, version: Version, *, from_cache: bool = False) ->
     """Re-hash every file of ``version`` (from the store, or the local cache)."""
     report = VerifyReport(version.ref)
     m = repo.manifest(version)
-    files = list(m.files())
+    files = [(p, e) for p, e in m.files() if not e.is_reference]  # no blob to re-hash
     report.files = len(files)
     by_digest: dict[str, list[tuple[str, int]]] = {}
     for path, e in files:

@@ -136,7 +136,8 @@ def commit_tree(
         return CommitResult(repo.version(project, artifact, current.number), False, 0, 0, 0)
 
     needed = {digest: size for _, size, digest in builder.files()}
-    total = sum(size for _, size, _ in builder.files())  # every file, duplicates too
+    # Every file, duplicates and reference entries too.
+    file_count, total = builder.totals()
     with StoreLock(repo.store, SHARED, f"commit {project}/{artifact}") as lock:
         _check_carried(repo, project, artifact, [d for d in needed if d not in sources], stored)
         uploaded, reused = _upload_blobs(
@@ -167,7 +168,7 @@ def commit_tree(
                 tree=tree,
                 created=time.time(),
                 size=total,
-                file_count=len(list(builder.files())),
+                file_count=file_count,
                 description=description,
                 metadata=dict(metadata or {}),
                 logged_by=logged_by,

@@ -29,6 +29,10 @@ A gc:
       that is not in the kept set and was uploaded more than ``grace`` ago;
       then temp files of killed uploads and stale locks; releases its lock.
 
+gc deletes only keys under ``blobs/`` of its own store. Reference entries
+(manifest format 3) name objects outside the store by URI; they are not in
+the kept set (``Manifest.digests`` leaves them out) and never deleted.
+
 Why a commit that exits 0 never references a deleted blob. Take a blob X
 that commit C references and gc G deletes at time d. C saw X in the store
 during C2, at a time c while it held a shared lock S, and wrote its record

@@ -24,6 +24,7 @@ from artfs.cache import BlobCache
 from artfs.hooks import pause_point
 from artfs.manifest import Manifest
 from artfs.objects import NotFound, ObjectStore, PreconditionFailed
+from artfs.objects.referents import Referents
 from artfs.repo import layout
 from artfs.repo.records import (
     Artifact,
@@ -68,6 +69,7 @@ class Repo:
     def __init__(self, store: ObjectStore, cache: BlobCache) -> None:
         self.store = store
         self.cache = cache
+        self.referents = Referents()  # reference entries' objects, by URI
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._manifests_lock = threading.Lock()
         self._config_checked = False

@@ -68,6 +68,10 @@ def _copy_base_tree(
                 stack.append((e, sub))
             elif e.kind == SYMLINK:
                 builder.add_symlink(sub, e.target or "", mtime_ns=t)
+            elif e.kind == FILE and e.ref is not None:  # stays a reference
+                builder.add_reference(
+                    sub, e.ref, e.size, digest=e.digest, etag=e.etag, mode=e.mode, mtime_ns=t
+                )
             elif e.kind == FILE and e.digest is not None:
                 builder.add_file(sub, e.size, e.digest, mode=e.mode, mtime_ns=t)
 

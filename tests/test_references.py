@@ -1,0 +1,341 @@
+"""Reference entries: files of a version whose bytes stay outside the store.
+
+Referents are real: objects in a second SeaweedFS bucket (``refs_bucket``)
+and files in a local directory. Every test reads them back through the real
+mount and the real CLI.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from artfs.api import Api, Artifact
+from artfs.manifest import Manifest
+from artfs.objects.cloud import CloudStore
+from artfs.repo.gc import collect_garbage
+from tests.mounting import mounted
+from tests.trees import blob_keys
+
+
+@pytest.fixture
+def bucket(s3server, refs_bucket):
+    """(CloudStore on the referents' bucket, a fresh prefix in it)."""
+    return CloudStore(f"s3://{refs_bucket}"), f"r{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def mount(store_url, artfs_env, tmp_path):
+    """``with mount(cache) as m``: a Mount of this test's store with that cache."""
+    count = iter(range(100))
+
+    def make(cache: Path):
+        return mounted(
+            tmp_path / f"mnt{next(count)}",
+            store_url=store_url,
+            cache_dir=cache,
+            state_dir=tmp_path / "state",
+            env=artfs_env,
+            # The referents' changes are refused on purpose.
+            allowed_errors=["changed since the commit", "is gone"],
+        )
+
+    return make
+
+
+def _put_referents(bucket, tmp_path: Path) -> tuple[str, dict[str, bytes], Path]:
+    """An object in the bucket and a local directory of two files."""
+    store, prefix = bucket
+    obj = os.urandom(300_000)  # above SMALL_FILE: read through a cache reader
+    store.put(f"{prefix}/weights.bin", obj)
+    local = tmp_path / "referents"
+    (local / "sub").mkdir(parents=True)
+    (local / "a.txt").write_bytes(b"local a\n")
+    (local / "sub" / "b.txt").write_bytes(b"local b\n")
+    uri = f"s3://{store.url.partition('://')[2]}/{prefix}/weights.bin"
+    return uri, {"weights.bin": obj, "a.txt": b"local a\n", "sub/b.txt": b"local b\n"}, local
+
+
+def test_references_read_back_through_the_mount_and_get(
+    bucket, run_artfs, mount, tmp_path: Path, cache_dir: Path, api: Api
+) -> None:
+    uri, want, local = _put_referents(bucket, tmp_path)
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"a plain file\n")
+    run_artfs(
+        "put", str(plain), "-n", "proj/refs", "--reference", uri, "--reference", f"file://{local}"
+    )
+    v = api.artifact("proj/refs:v0")
+    assert v.record.file_count == 4
+    assert v.record.size == sum(len(b) for b in want.values()) + len(b"a plain file\n")
+    # Only the plain file was uploaded: the referents' bytes are not in the store.
+    entries = {e.path: e for e in v.files() if e.kind == "file"}
+    assert entries["plain.txt"].ref is None
+    assert entries["weights.bin"].ref == uri
+    assert entries["sub/b.txt"].ref == f"file://{local}/sub/b.txt"
+    stored = blob_keys(api.repo.store)
+    assert not any(entries[p].digest in k for p in want for k in stored)
+    manifest = Manifest(api.repo.cache.ensure(v.record.manifest))
+    assert manifest.format == 3
+
+    with mount(tmp_path / "cache-mount") as m:
+        root = m.path / "proj/refs/v0"
+        for path, data in want.items():
+            assert (root / path).read_bytes() == data
+            assert os.stat(root / path).st_size == len(data)
+        assert (root / "plain.txt").read_bytes() == b"a plain file\n"
+        assert os.getxattr(root / "weights.bin", "user.artfs.reference") == uri.encode()
+
+    run_artfs("get", "proj/refs:v0", "--root", str(tmp_path / "out"))
+    for path, data in want.items():
+        assert (tmp_path / "out" / path).read_bytes() == data
+
+    shown = run_artfs("show", "--files", "proj/refs:v0").stdout
+    assert f"weights.bin  (reference: {uri})" in shown
+    assert "plain.txt" in shown and "plain.txt  (reference" not in shown
+    files = json.loads(run_artfs("show", "--files", "--json", "proj/refs:v0").stdout)["files"]
+    marked = {f["path"]: f.get("reference") for f in files if f["kind"] == "file"}
+    assert marked == {
+        "plain.txt": None,
+        "weights.bin": uri,
+        "a.txt": f"file://{local}/a.txt",
+        "sub/b.txt": f"file://{local}/sub/b.txt",
+    }
+    # The store_url fixture then runs `artfs check`: references are no missing blobs.
+
+
+def test_ref_name_and_no_checksum_record_etags(bucket, run_artfs, tmp_path: Path, api: Api) -> None:
+    uri, want, local = _put_referents(bucket, tmp_path)
+    run_artfs("put", "-n", "proj/e", "--no-checksum", "--reference", uri, "--ref-name", "m/w.bin")
+    run_artfs("put", "-n", "proj/d", "--reference", f"file://{local}/", "--ref-name", "data")
+    e = {x.path: x for x in api.artifact("proj/e:v0").files() if x.kind == "file"}
+    assert list(e) == ["m/w.bin"] and e["m/w.bin"].digest == ""  # an etag, no digest
+    manifest = api.repo.manifest(api.artifact("proj/e:v0").record)
+    entry = manifest.lookup("m/w.bin")
+    assert entry is not None and entry.etag == bucket[0].head(f"{bucket[1]}/weights.bin").etag
+    d = {x.path for x in api.artifact("proj/d:v0").files() if x.kind == "file"}
+    assert d == {"data/a.txt", "data/sub/b.txt"}
+    run_artfs("get", "proj/e:v0", "--root", str(tmp_path / "out"))
+    assert (tmp_path / "out/m/w.bin").read_bytes() == want["weights.bin"]
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "etag"])
+@pytest.mark.parametrize("change", ["changed", "deleted"])
+def test_a_changed_or_deleted_referent_is_eio_and_a_get_error(
+    bucket, run_artfs, mount, tmp_path: Path, artfs_env, checksum: bool, change: str
+) -> None:
+    uri, want, local = _put_referents(bucket, tmp_path)
+    store, prefix = bucket
+    flags = [] if checksum else ["--no-checksum"]
+    run_artfs("put", "-n", "proj/x", *flags, "--reference", uri)
+    run_artfs("put", "-n", "proj/y", *flags, "--reference", f"file://{local}/a.txt")
+    warm = tmp_path / "cache-warm"
+    with mount(warm) as m:
+        x, y = m.path / "proj/x/v0/weights.bin", m.path / "proj/y/v0/a.txt"
+        assert x.read_bytes() == want["weights.bin"] and y.read_bytes() == b"local a\n"
+        if change == "changed":
+            store.put(f"{prefix}/weights.bin", os.urandom(300_000))  # same size, other bytes
+            (local / "a.txt").write_bytes(b"LOCAL A\n")
+        else:
+            store.delete(f"{prefix}/weights.bin")
+            (local / "a.txt").unlink()
+        if checksum:
+            # The committed bytes, verified against the digest, are still served.
+            assert x.read_bytes() == want["weights.bin"] and y.read_bytes() == b"local a\n"
+        else:
+            # Known by etag only: every open asks the URI, cached bytes or not.
+            for path in (x, y):
+                with pytest.raises(OSError) as e:
+                    path.read_bytes()
+                assert e.value.errno == errno.EIO
+    why = "is gone" if change == "deleted" else "changed since the commit"
+    with mount(tmp_path / "cache-cold") as m:  # nothing cached: fetched from the URI
+        for path in (m.path / "proj/x/v0/weights.bin", m.path / "proj/y/v0/a.txt"):
+            with pytest.raises(OSError) as e:
+                path.read_bytes()
+            assert e.value.errno == errno.EIO
+            assert os.stat(path).st_size in (300_000, 8)  # metadata still answers
+        log = m.log_text()
+        assert f"reference {uri} {why}" in log
+        assert f"reference file://{local}/a.txt {why}" in log
+
+    env = dict(artfs_env, ARTFS_CACHE=str(tmp_path / "cache-get"))
+    for ref in ("proj/x:v0", "proj/y:v0"):
+        out = tmp_path / f"out-{ref[5]}"
+        r = run_artfs("get", ref, "--root", str(out), check=False, env=env)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("artfs: error: reference "), r.stderr
+        assert why in lines[0] and "Traceback" not in r.stderr
+        assert not [p for p in out.rglob("*") if p.is_file()]  # no file with other bytes
+
+
+def test_a_prefix_of_1000_objects_and_max_objects(
+    bucket, run_artfs, tmp_path: Path, api: Api
+) -> None:
+    store, prefix = bucket
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(
+            pool.map(
+                lambda i: store.put(f"{prefix}/shard/{i:04d}.txt", f"object {i}\n".encode()),
+                range(1000),
+            )
+        )
+    too_many = run_artfs(
+        "put", "-n", "proj/p", "--reference", f"s3://{store.url[5:]}/{prefix}/", "--max-objects",
+        "999", check=False,
+    )  # fmt: skip
+    assert too_many.returncode == 2
+    assert too_many.stderr.count("\n") == 1 and "more than 999 objects" in too_many.stderr
+    assert api.repo.highest_live_version("proj", "p") is None  # nothing committed
+
+    run_artfs(
+        "put", "-n", "proj/p", "--reference", f"s3://{store.url[5:]}/{prefix}/",
+        "--max-objects", "1000", "--no-checksum",
+    )  # fmt: skip
+    v = api.artifact("proj/p:v0")
+    assert v.record.file_count == 1000
+    paths = sorted(e.path for e in v.files() if e.kind == "file")
+    assert paths == [f"shard/{i:04d}.txt" for i in range(1000)]
+    run_artfs(
+        "get", "proj/p:v0", "--root", str(tmp_path / "out"), "--path-prefix", "shard/0999.txt"
+    )
+    assert (tmp_path / "out/shard/0999.txt").read_text() == "object 999\n"
+
+
+def test_gc_leaves_referents_alone(bucket, tmp_path: Path, api: Api) -> None:
+    uri, want, local = _put_referents(bucket, tmp_path)
+    art = Artifact("proj/g")
+    assert art.add_reference(uri) == 1
+    assert art.add_reference(f"file://{local}", name="loc", checksum=False) == 2
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"ours\n")
+    art.add_file(plain)
+    v = api.log_artifact(art)
+    assert {e.path: e.ref is not None for e in v.files() if e.kind == "file"} == {
+        "weights.bin": True,
+        "loc/a.txt": True,
+        "loc/sub/b.txt": True,
+        "plain.txt": False,
+    }
+    got = v.download(tmp_path / "dl")  # the API's download() fetches them from their URIs
+    assert (got / "weights.bin").read_bytes() == want["weights.bin"]
+    assert (got / "loc/sub/b.txt").read_bytes() == b"local b\n"
+    api.repo.delete_version(v.record, delete_aliases=True)
+    result = collect_garbage(api.repo, grace=0, force=True)
+    assert result.swept_blobs == 2  # the plain file's blob and the manifest: ours
+    store, prefix = bucket
+    assert store.get(f"{prefix}/weights.bin") == want["weights.bin"]
+    assert (local / "a.txt").read_bytes() == b"local a\n"
+    assert (local / "sub/b.txt").read_bytes() == b"local b\n"
+
+
+def test_bad_references_are_refused(run_artfs, tmp_path: Path, api: Api, bucket) -> None:
+    for uri, why in [
+        ("ftp://host/x", "use s3://"),
+        ("http://example.com/x", "only to loopback"),
+        ("file://relative/x", "absolute path"),
+        (f"file://{tmp_path}/nothing", "no such object"),
+        ("s3://bucket", "no bucket/host or no key"),
+    ]:
+        r = run_artfs("put", "-n", "proj/bad", "--reference", uri, check=False)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert why in r.stderr, (uri, r.stderr)
+    assert api.repo.highest_live_version("proj", "bad") is None
+
+
+@pytest.mark.parametrize(
+    "column,value,why",
+    [
+        ("ref", "ftp://evil/x", "use s3://"),
+        ("ref", "file://../../etc/passwd", "absolute path"),
+        ("etag", "", "bad reference etag"),
+        ("digest", "md5:1234", "bad digest"),
+    ],
+)
+def test_a_crafted_reference_in_a_manifest_is_refused(
+    tmp_path: Path, column: str, value: str, why: str
+) -> None:
+    """A manifest is untrusted: a reference's URI, etag and digest are
+    checked before the entry is used."""
+    from artfs.manifest import ManifestBuilder, ManifestError
+
+    (tmp_path / "f").write_bytes(b"x")
+    b = ManifestBuilder()
+    b.add_reference("r", f"file://{tmp_path}/f", 1, etag="1-2-3")
+    b.write(tmp_path / "m")
+    db = sqlite3.connect(tmp_path / "m")
+    with db:
+        db.execute(f"UPDATE entries SET {column} = ? WHERE name = 'r'", (value,))
+    db.close()
+    m = Manifest(tmp_path / "m")
+    with pytest.raises(ManifestError, match=why):
+        list(m.walk())
+
+
+def test_plain_manifests_stay_format_2(tmp_path: Path, api: Api) -> None:
+    (tmp_path / "f.txt").write_bytes(b"plain")
+    v = api.put([tmp_path / "f.txt"], "proj/plain").version
+    assert api.repo.manifest(v).format == 2
+
+
+class _Resources(BaseHTTPRequestHandler):
+    """GET and HEAD of ``resources`` on loopback, with an ETag from the bytes."""
+
+    resources: dict[str, bytes] = {}
+
+    def _answer(self) -> bytes | None:
+        body = self.resources.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body) if body is not None else 0))
+        if body is not None:
+            self.send_header("ETag", f'"{hashlib.md5(body).hexdigest()}"')
+            self.send_header("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT")
+        self.end_headers()
+        return body
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        body = self._answer()
+        if body is not None:
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "etag"])
+def test_http_references_on_loopback(
+    run_artfs, tmp_path: Path, artfs_env, api: Api, checksum: bool
+) -> None:
+    """The https:// path (plain GETs through obstore), over http to 127.0.0.1."""
+    _Resources.resources = {"/d/model.bin": os.urandom(200_000)}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Resources)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/d/model.bin"
+        flags = [] if checksum else ["--no-checksum"]
+        run_artfs("put", "-n", "proj/h", "--reference", uri, *flags)
+        run_artfs("get", "proj/h:v0", "--root", str(tmp_path / "out"))
+        assert (tmp_path / "out/model.bin").read_bytes() == _Resources.resources["/d/model.bin"]
+        _Resources.resources["/d/model.bin"] = os.urandom(200_000)
+        env = dict(artfs_env, ARTFS_CACHE=str(tmp_path / "cold"))
+        r = run_artfs("get", "proj/h:v0", "--root", str(tmp_path / "out2"), check=False, env=env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"reference {uri} changed since the commit" in r.stderr
+        assert not (tmp_path / "out2/model.bin").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
