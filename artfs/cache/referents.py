@@ -34,6 +34,7 @@ from artfs.cache.readers import BlobReader
 from artfs.cache.store import BlobCache
 from artfs.cache.verify import BlobError
 from artfs.digest import digest_fd, is_digest
+from artfs.fsutil import atomic_write
 from artfs.manifest import Entry
 from artfs.objects import NotFound, PreconditionFailed, StoreError
 from artfs.objects.referents import Referents
@@ -125,10 +126,9 @@ def _mapped(mapping: Path) -> str | None:
 
 
 def _map(mapping: Path, digest: str) -> None:
+    # A lost mapping costs one re-fetch, not data: no fsync.
     mapping.parent.mkdir(exist_ok=True)
-    tmp = mapping.with_name(f".{mapping.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(digest + "\n")
-    os.replace(tmp, mapping)
+    atomic_write(mapping, digest + "\n", durable=False)
 
 
 def _fetch(

@@ -285,7 +285,7 @@ class Referents:
         elif scheme in _BUCKET_SCHEMES and uri.endswith("/"):
             store, key = self._bucket(uri)
             found = []
-            for info in store.iter_keys(key):
+            for info in store.iter_objects(key):
                 if info.key.endswith("/"):
                     continue  # a "directory" placeholder object
                 found.append(

@@ -46,7 +46,7 @@ def _digest(referents: Referents, r: Referent) -> str:
         raise RepoError(f"{r.uri} changed while it was read; try again") from None
     if sink.size != r.size:
         raise RepoError(f"{r.uri} changed while it was read; try again")
-    return sink.hasher.hexdigest()
+    return sink.hasher.content_digest()
 
 
 def add_references(

@@ -85,7 +85,7 @@ def test_references_read_back_through_the_mount_and_get(
     assert entries["sub/b.txt"].ref == f"file://{local}/sub/b.txt"
     stored = blob_keys(api.repo.store)
     assert not any(entries[p].digest in k for p in want for k in stored)
-    manifest = Manifest(api.repo.cache.ensure(v.record.manifest))
+    manifest = Manifest(api.repo.cache.ensure(v.record.manifest_digest))
     assert manifest.format == 3
 
     with mount(tmp_path / "cache-mount") as m:
