@@ -18,6 +18,10 @@ A reference entry is fetched from its URI into the cache first
 (``cache/referents.py``: verified against its digest, or its etag checked),
 then placed like a blob; an object that changed or vanished since the
 commit fails the get (BlobError), never writes other bytes.
+
+Progress is by bytes: a file fetched from the store advances it as its
+parts arrive (the cache's fetch hook), so a single large file does not
+jump from 0 to 100%; each file counts in full once it is in place.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import fcntl
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -92,7 +97,8 @@ class _Placer:
             return os.stat(self.cache.path(e.digest)).st_nlink > 0
         return False
 
-    def place(self, target: Path, e: Entry) -> None:
+    def place(self, target: Path, e: Entry, fetched: Progress | None = None) -> None:
+        """Put ``e``'s bytes at ``target``; ``fetched`` hears the bytes of a fetch."""
         tmp = target.with_name(f".{target.name}.artfs-{uuid.uuid4().hex[:8]}")
         try:
             if e.is_reference:
@@ -100,7 +106,7 @@ class _Placer:
                 return
             assert e.digest is not None
             if self.link and not e.executable:
-                reader = self.cache.open_verified(e.digest, e.size)
+                reader = self.cache.open_verified(e.digest, e.size, fetched)
                 try:
                     linked = self._link(reader, self.cache.path(e.digest), tmp)
                 finally:
@@ -110,7 +116,7 @@ class _Placer:
                     self.counts["link"] += 1
                     _replace(tmp, target)
                     return
-            reader, _ = self.cache.open_whole(e.digest, e.size)
+            reader, _ = self.cache.open_whole(e.digest, e.size, fetched)
             try:
                 self._copy(reader, tmp, e)
             finally:
@@ -174,6 +180,23 @@ class _Placer:
             self.reflink = False  # one filesystem per get: do not ask per file
             return False
         return True
+
+
+class _FileProgress:
+    """One file's share of the progress: the fetch hook's running totals into
+    steps of ``add`` (thread-safe), and the rest of the file once it is placed."""
+
+    def __init__(self, add: Progress) -> None:
+        self._add = add
+        self._done = 0
+
+    def __call__(self, done: int) -> None:
+        if done > self._done:
+            self._add(done - self._done)
+            self._done = done
+
+    def finish(self, size: int) -> None:
+        self(size)
 
 
 def _copy_fd(src: int, dst: int, size: int) -> None:
@@ -246,22 +269,29 @@ def materialize(
         else:
             files.append((target, e))
     placer = _Placer(repo.cache, link, repo.referents)
+    lock = threading.Lock()
 
-    def place(chunk: list[tuple[Path, Entry]]) -> int:
+    def add(n: int) -> None:  # from placing threads and fetch workers alike
+        assert progress is not None
+        with lock:
+            progress(n)
+
+    def place(chunk: list[tuple[Path, Entry]]) -> None:
         for target, e in chunk:
+            share = _FileProgress(add) if progress else None
             if not placer.holds(target, e):
-                placer.place(target, e)
-                continue
-            st = target.stat()
-            if bool(st.st_mode & 0o100) != e.executable:
-                os.chmod(target, 0o755 if e.executable else 0o644)
-        return sum(e.size for _, e in chunk)
+                placer.place(target, e, share)
+            else:
+                st = target.stat()
+                if bool(st.st_mode & 0o100) != e.executable:
+                    os.chmod(target, 0o755 if e.executable else 0o644)
+            if share is not None:
+                share.finish(e.size)
 
     # Fetches from a remote store and cache fsyncs overlap; chunks keep the
     # pool's own cost per file small.
     chunks = [files[i : i + _PLACE_CHUNK] for i in range(0, len(files), _PLACE_CHUNK)]
     with ThreadPoolExecutor(max_workers=PLACE_WORKERS) as pool:
-        for done in pool.map(place, chunks):
-            if progress:
-                progress(done)
+        for _ in pool.map(place, chunks):
+            pass
     return placer.counts

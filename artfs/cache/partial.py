@@ -43,6 +43,23 @@ from artfs.objects import NotFound, StoreError
 FETCH_WORKERS = 8
 _RECORD_VERSION = 1
 _PRESENT = b"\x01"
+# Called with the bytes of a blob fetched so far (see ``Partial.complete``).
+Progress = Callable[[int], None]
+
+
+class _Watcher:
+    """One progress callback: called one thread at a time, with counts that only grow."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._last = -1
+
+    def __call__(self, done: int) -> None:
+        with self._lock:
+            if done > self._last:
+                self._last = done
+                self._progress(done)
 
 
 class Workers:
@@ -93,6 +110,7 @@ class Partial:
         self.done = threading.Event()  # verified into the cache, or failed
         self.refs = 0
         self.stamp: Stamp | None = None  # once verified and in blobs/
+        self._watchers: list[_Watcher] = []  # progress of complete(), under cond
         header = self._header(self.part_size, size)
         self.header_len = len(header)
         with cache.single_flight(digest):
@@ -234,7 +252,25 @@ class Partial:
                 self.present[i] = 1
                 self.count += 1
             self.cond.notify_all()
+        self._report()
         self.maybe_finalize()
+
+    def _present_bytes(self) -> int:
+        """Bytes of the parts present (under ``cond``)."""
+        done = self.count * self.part_size
+        if self.nparts and self.present[-1]:
+            done -= self.nparts * self.part_size - self.size  # the last part is short
+        return done
+
+    def _report(self) -> None:
+        """Tell the watchers of ``complete`` how far the fetch is (from any fetching thread)."""
+        with self.cond:
+            if not self._watchers:
+                return
+            done = self._present_bytes()
+            watchers = list(self._watchers)
+        for w in watchers:
+            w(done)
 
     def recheck(self) -> None:
         """The verified file's stamp moved: keep it if it still matches its
@@ -256,18 +292,32 @@ class Partial:
             pos += n
         os.fdatasync(self.fd)  # the bytes are durable before the record says so
 
-    def complete(self) -> None:
-        """Fetch every missing part (in parallel) and verify; raise if it fails."""
-        missing = [i for i in range(self.nparts) if not self.present[i]]
-        if missing:
-            # The first in this thread, the rest on the workers.
-            self.prefetch(missing[1:])
-            self.ensure_range(missing[0], missing[0])
-            self._wait(missing)
-        self.maybe_finalize()
-        self.done.wait()
-        if self.failed is not None:
-            raise self.failed
+    def complete(self, progress: Progress | None = None) -> None:
+        """Fetch every missing part (in parallel) and verify; raise if it fails.
+
+        ``progress``, if given, is called with the bytes present so far, each
+        time a part arrives (from the thread that fetched it, one call at a
+        time, growing), first with what was there already."""
+        watcher = _Watcher(progress) if progress is not None else None
+        if watcher is not None:
+            with self.cond:
+                self._watchers.append(watcher)
+            self._report()
+        try:
+            missing = [i for i in range(self.nparts) if not self.present[i]]
+            if missing:
+                # The first in this thread, the rest on the workers.
+                self.prefetch(missing[1:])
+                self.ensure_range(missing[0], missing[0])
+                self._wait(missing)
+            self.maybe_finalize()
+            self.done.wait()
+            if self.failed is not None:
+                raise self.failed
+        finally:
+            if watcher is not None:
+                with self.cond:
+                    self._watchers.remove(watcher)
 
     # -- verification -----------------------------------------------------------
 
@@ -362,6 +412,16 @@ class LazyBlobReader:
             data = os.pread(p.fd, end - offset, offset)
         self._checked = now  # only once a check passed
         return data
+
+    def fresh(self) -> bool:
+        """Whether another open may share this reader (see BlobReader.fresh)."""
+        p = self._p
+        if self._closed or p.failed is not None:
+            return False
+        try:
+            return p.stamp is None or Stamp.of_fd(p.fd) == p.stamp
+        except OSError:
+            return False
 
     def idle(self) -> bool:
         """Never kept without an open: its partial fetch pins the file."""

@@ -1,13 +1,22 @@
-"""Readers of one verified blob file, checked against its stamp on every use.
+"""Readers of one verified blob file, checked against its stamp on every open.
 
 A ``BlobReader`` holds an fd on a cache entry (pinned by a shared ``flock``
 while open) or on a local store's own file (never pinned: the store is not
-the cache). Its stamp is checked when it is opened or revived, and after a
-read whenever ``CHECK_INTERVAL`` has passed since the last check: if the file
-is no longer the one that was verified (size, mtime, inode, ctime), it is
-hashed again before the bytes go out, and a file that fails is discarded
-from the cache and the read fails. So a file damaged while a reader is open
-is served for at most ``CHECK_INTERVAL``; one damaged between opens, never.
+the cache). Its stamp (size, mtime, inode, ctime: an edit in place moves
+ctime even when size and mtime are put back) is checked:
+
+- on every open: when it is made (the cache checks or verifies the file),
+  when an idle reader is revived, and when a reader another open is using
+  is handed to a new open (``fresh``: one ``fstat``). A reader whose stamp
+  moved is not handed out again: the open makes a new reader, which hashes
+  the file again (a damaged cache entry is discarded and fetched anew; a
+  damaged local store file fails the open with EIO);
+- within one open, after every read (``CHECK_INTERVAL`` 0): if the file is
+  no longer the one that was verified, it is hashed again before the bytes
+  go out, and a file that fails is discarded from the cache and the read
+  fails. (After the read: a change that started before it shows.)
+
+So a file damaged between opens, or while an open reads it, is never served.
 A reader may go idle (kept for the next open of the same file): it then
 gives up its pin, and ``revive`` tells whether it may serve again (stamp
 unchanged, not evicted meanwhile).
@@ -23,10 +32,14 @@ from collections.abc import Callable
 
 from artfs.cache.verify import BlobError, Stamp, verify_fd
 
-# While a reader is in use its stamp is checked again at most this often:
-# an fstat after every read of a warm file costs ~20% of the throughput (the
-# extra syscall hands the GIL over), one every 0.2 s costs nothing measurable.
-CHECK_INTERVAL = 0.2
+# While one open reads, its reader's stamp is checked again at most this
+# often; 0: after every read. The kernel reads 1 MiB at a time, and one
+# fstat per read cost nothing measurable against a check every 0.2 s
+# (bench/bench_cache.py: 1 GiB through the mount, within the noise of +-10%;
+# in process, ~20 us a read against ~3 ms a 1 MiB read takes through FUSE).
+# ARTFS_READER_CHECK_INTERVAL changes it, for that benchmark and for tests
+# (large: only opens check).
+CHECK_INTERVAL = float(os.environ.get("ARTFS_READER_CHECK_INTERVAL", "0"))
 # Called with (digest, fd) when a reader's file failed its re-verification.
 Discard = Callable[[str, int], None]
 
@@ -75,6 +88,16 @@ class BlobReader:
         # reads that came in meanwhile checked too).
         self._checked = now
         return data
+
+    def fresh(self) -> bool:
+        """Whether the file is still the verified one, by one ``fstat`` (no
+        hashing): for handing this reader to another open."""
+        if self.stamp is None:
+            return self.fd >= 0
+        try:
+            return Stamp.of_fd(self.fd) == self.stamp
+        except OSError:
+            return False
 
     def check(self) -> None:
         """Raise BlobError unless the file is still the verified one (hashing

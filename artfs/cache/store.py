@@ -22,7 +22,7 @@ from pathlib import Path
 
 from artfs.cache import eviction
 from artfs.cache.counters import Counters
-from artfs.cache.partial import FETCH_WORKERS, LazyBlobReader, Partial, Workers
+from artfs.cache.partial import FETCH_WORKERS, LazyBlobReader, Partial, Progress, Workers
 from artfs.cache.readers import BlobReader
 from artfs.cache.stamps import StampBook
 from artfs.cache.verify import BlobError, Stamp, verify_fd
@@ -157,30 +157,38 @@ class BlobCache:
             return self.open_reader(digest, size)
         return LazyBlobReader(self, partial)
 
-    def open_verified(self, digest: str, size: int | None = None) -> BlobReader:
-        """A pinned reader of the whole, verified blob in the cache (fetched if need be)."""
+    def open_verified(
+        self, digest: str, size: int | None = None, progress: Progress | None = None
+    ) -> BlobReader:
+        """A pinned reader of the whole, verified blob in the cache (fetched if
+        need be; ``progress`` as for ``ensure``)."""
         reader = self._open_cached(digest, size)
         if reader is not None:
             self.counters.hit()
             return reader
         self.counters.miss()
-        return self._fetch_and_open(digest, size)
+        return self._fetch_and_open(digest, size, progress)
 
-    def _fetch_and_open(self, digest: str, size: int | None) -> BlobReader:
+    def _fetch_and_open(
+        self, digest: str, size: int | None, progress: Progress | None = None
+    ) -> BlobReader:
         for _ in range(3):
-            self.ensure(digest, size)
+            self.ensure(digest, size, progress)
             reader = self._open_cached(digest, size)
             if reader is not None:
                 return reader
         raise BlobError(f"blob {digest} vanished from the cache (evicted as soon as fetched)")
 
-    def open_whole(self, digest: str, size: int | None = None) -> tuple[BlobReader, Path]:
+    def open_whole(
+        self, digest: str, size: int | None = None, progress: Progress | None = None
+    ) -> tuple[BlobReader, Path]:
         """A verified reader of the whole blob and the path it reads (the
-        store's own file for a local store, else the cache's, pinned)."""
+        store's own file for a local store, else the cache's, pinned; a
+        fetch reports to ``progress`` as for ``ensure``)."""
         local = self.store.local_path(self._key_for(digest))
         if local is not None:
             return self._open_local(digest, size, local), local
-        return self.open_verified(digest, size), self.path(digest)
+        return self.open_verified(digest, size, progress), self.path(digest)
 
     def _open_local(self, digest: str, size: int | None, path: Path) -> BlobReader:
         try:
@@ -255,13 +263,17 @@ class BlobCache:
         with self._digest_lock(digest), flock(self.root / "locks" / digest):
             yield
 
-    def ensure(self, digest: str, size: int | None = None) -> Path:
+    def ensure(
+        self, digest: str, size: int | None = None, progress: Progress | None = None
+    ) -> Path:
         """The cached, verified file for ``digest``, downloading it if needed.
 
         A blob larger than one part (``size``, if the caller knows it, or a
         partial fetch already on disk says so) is fetched in parts, in
         parallel, completing whatever a lazy reader fetched before. The path
         is verified as of now; to read it safely, use ``open_verified``.
+        ``progress``, if given, is called with the bytes fetched so far, as
+        parts arrive (a blob of one part: once, when it is there).
         """
         dest = self.path(digest)
         reader = self._open_cached(digest, size)
@@ -274,7 +286,7 @@ class BlobCache:
             partial = self._acquire_partial(digest, size)
             if partial is not None:
                 try:
-                    partial.complete()
+                    partial.complete(progress)
                 finally:
                     self._release_partial(partial)
             if not dest.exists():
@@ -285,6 +297,9 @@ class BlobCache:
                 return dest
             self.writing(lambda: self._download(digest, dest))
         self._grew(dest)
+        if progress is not None:
+            with contextlib.suppress(OSError):
+                progress(dest.stat().st_size)
         return dest
 
     def _download(self, digest: str, dest: Path) -> None:

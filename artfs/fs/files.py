@@ -3,10 +3,11 @@
 Every open of a version file goes through ``BlobCache.open_reader``, which
 fetches a missing blob into the shared cache (verified, single flight) or,
 for a store in a local directory, reads the store's own file (hashed on its
-first open in this process). Readers check the file's stamp after every
-read, so a file changed since it was verified is hashed again, and never
-served if it no longer matches. Idle readers kept for the next open hold no
-pin in the cache and are checked again (``revive``) before reuse.
+first open in this process). Every open checks the file's stamp
+(``cache/readers.py``): a reader shared with opens still reading, or kept
+idle for the next open, is handed out only while its stamp holds, else the
+open makes a new one (which hashes the file again). Idle readers hold no pin
+in the cache.
 
 FUSE passthrough (kernel >= 6.9, libfuse >= 3.16; not in pyfuse3 3.5 or
 Debian 12's libfuse 3.14, so not built here) would plug in at the open of a
@@ -40,6 +41,8 @@ from artfs.objects.referents import Referents
 class Reader(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
 
+    def fresh(self) -> bool: ...
+
     def idle(self) -> bool: ...
 
     def revive(self) -> bool: ...
@@ -64,6 +67,9 @@ class InMemory:
     def read(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
 
+    def fresh(self) -> bool:
+        return True  # verified bytes in memory
+
     def idle(self) -> bool:
         return True
 
@@ -81,6 +87,9 @@ class _Empty:
 
     def read(self, offset: int, length: int) -> bytes:
         return b""
+
+    def fresh(self) -> bool:
+        return True
 
     def idle(self) -> bool:
         return True
@@ -132,7 +141,7 @@ class VersionFileHandle(FileHandle):
 
     def release(self) -> None:
         if self._pool is not None:
-            self._pool.release(self._inode)
+            self._pool.release(self._inode, self.reader)
         else:  # a reader of its own (a reference entry's): nobody else closes it
             self.reader.close()
 
@@ -154,8 +163,11 @@ class ReaderPool:
     loader, epoch after epoch) gets the reader back without leaving the
     event loop. An idle reader gives up its pin in the cache (so the size
     limit holds) and is revived, or dropped if its file was evicted or
-    changed, on the next open. Thread-safe; nothing here blocks for long
-    (``revive`` is an fstat and a non-blocking flock).
+    changed, on the next open. A reader in use is shared with a new open
+    only while ``fresh`` (its stamp holds); else the new open brings a new
+    reader (``add``), and the stale one is retired: closed when the opens
+    still using it are released. Thread-safe; nothing here blocks for long
+    (``revive`` is an fstat and a non-blocking flock, ``fresh`` an fstat).
     """
 
     def __init__(self, idle_max: int = 256, idle_memory: int = IDLE_MEMORY) -> None:
@@ -163,6 +175,8 @@ class ReaderPool:
         self.idle_memory = idle_memory
         self._lock = threading.Lock()
         self._open: dict[int, tuple[Reader, int]] = {}  # inode -> (reader, opens)
+        # Readers replaced while opens still used them: id(reader) -> (reader, opens).
+        self._retired: dict[int, tuple[Reader, int]] = {}
         self._idle: OrderedDict[int, Reader] = OrderedDict()  # each holds an fd
         # Small files' verified bytes: bounded by their size, not by fds, so a
         # second epoch over many small files reopens them on the event loop.
@@ -173,6 +187,8 @@ class ReaderPool:
         with self._lock:
             if inode in self._open:
                 reader, n = self._open[inode]
+                if not reader.fresh():
+                    return None  # changed since verified: the open makes a new reader
                 self._open[inode] = (reader, n + 1)
                 return reader
             reader = self._idle.pop(inode, None)
@@ -191,46 +207,62 @@ class ReaderPool:
         """Register a freshly opened reader; returns the one to use (another
         open may have raced us to it)."""
         with self._lock:
-            if inode in self._open:
+            if inode in self._open and self._open[inode][0].fresh():
                 existing, n = self._open[inode]
                 self._open[inode] = (existing, n + 1)
                 extra = reader
             else:
+                if inode in self._open:  # stale: closed once its opens are released
+                    old = self._open[inode]
+                    self._retired[id(old[0])] = old
                 self._open[inode] = (reader, 1)
                 existing, extra = reader, None
         if extra is not None:
             extra.close()
         return existing
 
-    def release(self, inode: int) -> None:
+    def release(self, inode: int, used: Reader | None = None) -> None:
+        """An open of ``inode`` (which read with ``used``) was released."""
         evicted = []
         with self._lock:
-            reader, n = self._open[inode]
-            if n > 1:
-                self._open[inode] = (reader, n - 1)
-                return
-            del self._open[inode]
-            if not reader.idle():
-                evicted.append(reader)
-            elif getattr(reader, "in_memory", False):
-                self._idle_mem[inode] = reader
-                self._idle_bytes += _held(reader)
+            retired = self._retired.get(id(used)) if used is not None else None
+            if retired is not None and retired[0] is used:
+                if retired[1] > 1:
+                    self._retired[id(used)] = (used, retired[1] - 1)
+                    return
+                del self._retired[id(used)]
+                evicted.append(used)
             else:
-                self._idle[inode] = reader
-            while len(self._idle) > self.idle_max:
-                evicted.append(self._idle.popitem(last=False)[1])
-            while self._idle_bytes > self.idle_memory:
-                old = self._idle_mem.popitem(last=False)[1]
-                self._idle_bytes -= _held(old)
-                evicted.append(old)
+                self._release_open(inode, evicted)
         for r in evicted:
             r.close()
+
+    def _release_open(self, inode: int, evicted: list[Reader]) -> None:
+        reader, n = self._open[inode]
+        if n > 1:
+            self._open[inode] = (reader, n - 1)
+            return
+        del self._open[inode]
+        if not reader.idle():
+            evicted.append(reader)
+        elif getattr(reader, "in_memory", False):
+            self._idle_mem[inode] = reader
+            self._idle_bytes += _held(reader)
+        else:
+            self._idle[inode] = reader
+        while len(self._idle) > self.idle_max:
+            evicted.append(self._idle.popitem(last=False)[1])
+        while self._idle_bytes > self.idle_memory:
+            old = self._idle_mem.popitem(last=False)[1]
+            self._idle_bytes -= _held(old)
+            evicted.append(old)
 
     def close(self) -> None:
         with self._lock:
             readers = [r for r, _ in self._open.values()] + list(self._idle.values())
-            readers += list(self._idle_mem.values())
+            readers += list(self._idle_mem.values()) + [r for r, _ in self._retired.values()]
             self._open.clear()
+            self._retired.clear()
             self._idle.clear()
             self._idle_mem.clear()
             self._idle_bytes = 0

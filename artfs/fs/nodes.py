@@ -846,6 +846,11 @@ class InodeTable:
         """Nodes held strongly (for tests and stats)."""
         return len(self._nodes)
 
+    def live(self) -> int:
+        """Nodes still in memory: held, or forgotten but referred to elsewhere."""
+        with self._lock:
+            return len(self._nodes.keys() | self._weak.keys())
+
     def rekey(self, old: tuple, new: tuple) -> None:
         """A node renamed in place (an alias moved by ``mv``) now answers to ``new``."""
         with self._lock:

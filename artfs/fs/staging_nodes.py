@@ -29,6 +29,7 @@ import logging
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -222,7 +223,8 @@ class StagedDir(Node):
 
     def __init__(self, table: InodeTable, inode: int) -> None:
         super().__init__(table, inode)
-        self._kids: dict[str, Node] = {}
+        # Weak: a child lives while the kernel, an open file or a grandchild needs it.
+        self._kids: weakref.WeakValueDictionary[str, Node] = weakref.WeakValueDictionary()
 
     @property
     def path(self) -> str:
@@ -394,8 +396,10 @@ class StagingNode(StagedDir):
         self.artifact = artifact
         self._area: StagingArea | None = None
         self._controls: dict[str, ControlNode] = {}
-        # Upper-layer inode -> its node: every name of a hard-linked file.
-        self._by_ino: dict[int, StagedFileNode] = {}
+        # Upper-layer inode -> its node: every name of a hard-linked file (weak, as _kids).
+        self._by_ino: weakref.WeakValueDictionary[int, StagedFileNode] = (
+            weakref.WeakValueDictionary()
+        )
 
     @property
     def path(self) -> str:
