@@ -71,7 +71,10 @@ def test_staged_nodes_go_when_forgotten_and_come_back_the_same(mount) -> None:
     held = open(staging / "d1/f005.txt", "r+b")  # noqa: SIM115
     try:
         grown = m.stats()["nodes_live"]
-        assert grown >= idle + 300, (idle, grown)
+        # At least the open file and its directory; the kernel may already have
+        # forgotten others (drop_caches is machine-wide: a test running beside
+        # this one may have written it), which is what the next lines check.
+        assert grown >= idle + 2, (idle, grown)
 
         # Staging, not committed yet: forgotten nodes go.
         live = forget_all(m, idle + 20)
