@@ -211,9 +211,17 @@ def _forget(m: Mount) -> None:
 
 
 def staging_rss(
-    base: Path, api: Api, env: dict[str, str], files: int, code: Path | None, base_commit: str
+    base: Path,
+    api: Api,
+    env: dict[str, str],
+    files: int,
+    code: Path | None,
+    base_commit: str,
+    forget_every: int = 0,
 ) -> None:
     print(f"\n== daemon RSS after staging and committing {files:,} files", flush=True)
+    if forget_every:
+        print(f"   (the kernel's dentries dropped every {forget_every:,} files staged)")
     store = str(api.repo.store.url)
     for name, code_dir in (("now", None), (f"before ({base_commit})", code)):
         if name != "now" and code_dir is None:
@@ -232,6 +240,9 @@ def staging_rss(
                 if i % 1000 == 0:
                     d.mkdir()
                 (d / f"f{i:06d}.txt").write_bytes(b"x%d\n" % i)
+                if forget_every and i % forget_every == forget_every - 1:
+                    # Memory pressure, as on a busy machine: the kernel forgets.
+                    Path("/proc/sys/vm/drop_caches").write_text("2")
             staged = time.perf_counter() - start
             figures.append(("staged", rss_kib(m.pid)[0], _nodes(m)))
             _forget(m)  # while staged: what the daemon keeps once the kernel forgot
@@ -255,6 +266,9 @@ def main() -> None:
     p.add_argument("--big", default=None, help="read file size (1G; --small 256M; 0 skips)")
     p.add_argument("--files", type=int, default=None, help="files for get (5000; --small 500)")
     p.add_argument("--staged", type=int, default=None, help="files staged (100000; --small 5000)")
+    p.add_argument(
+        "--forget-every", type=int, default=0, help="drop dentries every N files staged (0: never)"
+    )
     p.add_argument("--base", default=BASE_COMMIT, help=f"commit to compare with ({BASE_COMMIT})")
     p.add_argument("--no-base", action="store_true", help="do not compare with another commit")
     args = p.parse_args()
@@ -277,7 +291,7 @@ def main() -> None:
         if files:
             gets(base, api, files, get_bytes // files)
         if staged:
-            staging_rss(base, api, env, staged, code, args.base)
+            staging_rss(base, api, env, staged, code, args.base, args.forget_every)
 
 
 if __name__ == "__main__":
