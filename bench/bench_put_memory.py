@@ -66,6 +66,7 @@ def main() -> None:
     p.set_defaults(dir=Path("/dev/shm/artfs-bench-put") if Path("/dev/shm").is_dir() else None)
     p.add_argument("--small", action="store_true", help="20,000 files")
     p.add_argument("--files", type=int, default=None, help="how many files (default 1,000,000)")
+    p.add_argument("--once", action="store_true", help="only the first put")
     args = p.parse_args()
     files = args.files or (20_000 if args.small else 1_000_000)
     with workdir(args.dir, args.keep) as base:
@@ -80,7 +81,8 @@ def main() -> None:
             ARTFS_CONFIG=str(base / "no-config.toml"),
         )
         base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        for label in ("first put (every blob new)", "second put (same tree, nothing new)"):
+        labels = ["first put (every blob new)", "second put (same tree, nothing new)"]
+        for label in labels[:1] if args.once else labels:
             seconds, peak = put_peak(src, env, "bench/tiny")
             print(
                 f"artfs put {files:,} tiny files, {label}: {seconds:.1f} s, "
