@@ -16,7 +16,8 @@ import copy
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from artfs import names
 from artfs.cache import CacheInfo, CleanupResult
 from artfs.config import Settings, load_settings
 from artfs.diff import Change, diff_manifests, diff_tree
-from artfs.manifest import Entry, Manifest, ManifestBuilder, scan_tree
+from artfs.manifest import Entry, Manifest, ManifestBuilder, iter_tree, scan_tree
+from artfs.manifest_spill import DuplicatePath, SpillingBuilder
 from artfs.materialize import materialize, remove_path
 from artfs.objects import open_store
 from artfs.repo import (
@@ -40,6 +42,7 @@ from artfs.repo import (
     hash_files,
     runs,
 )
+from artfs.repo.commit import hash_pending, unique_files
 from artfs.repo.query import select
 from artfs.repo.references import add_references
 
@@ -636,30 +639,59 @@ class Api:
             except RepoError:
                 type = "dataset"
         paths, references = list(paths), list(references)
-        builder, files = build_tree(paths) if paths or not references else (ManifestBuilder(), [])
-        for uri, at in references:
-            add_references(
-                builder, self.repo.referents, uri, at, checksum=checksum, max_objects=max_objects
-            )
-        upload_progress = None
-        if phases is not None:
-            progress = phases("hashing", sum(os.stat(disk).st_size for _, disk in files))
-        sources = hash_files(files, builder, progress)
-        if phases is not None:
-            upload_progress = phases("uploading", sum(s for _, s, _ in _unique_files(builder)))
-        result = commit_tree(
-            self.repo,
-            ref.project,
-            ref.artifact,
-            builder,
-            sources,
-            type=type,
-            description=description,
-            metadata=metadata,
-            aliases=aliases,
-            logged_by=logged_by,
-            progress=upload_progress,
-        )
+        # The tree in a database, not in memory: a million files cost
+        # megabytes, not a gigabyte (manifest_spill.py). Reference entries
+        # have no spilled form, so a put that adds some builds in memory.
+        spilling = not references
+        with tempfile.TemporaryDirectory(dir=self.repo.cache.root / "tmp") as spill:
+            builder: ManifestBuilder | SpillingBuilder
+            files: list[tuple[str, Path]] = []
+            if spilling:
+                builder = SpillingBuilder(Path(spill))
+            else:
+                builder, files = build_tree(paths) if paths else (ManifestBuilder(), [])
+            try:
+                if spilling:
+                    scan_inputs(paths, builder)
+                    hashing = builder.pending_bytes()
+                else:
+                    for uri, at in references:
+                        add_references(
+                            builder,
+                            self.repo.referents,
+                            uri,
+                            at,
+                            checksum=checksum,
+                            max_objects=max_objects,
+                        )
+                    hashing = sum(os.stat(disk).st_size for _, disk in files)
+                upload_progress = None
+                if phases is not None:
+                    progress = phases("hashing", hashing)
+                if isinstance(builder, SpillingBuilder):
+                    hash_pending(builder, progress)
+                    sources: Mapping[str, Path] = builder.sources()
+                else:
+                    sources = hash_files(files, builder, progress)
+                if phases is not None:
+                    unique = sum(size for _, size in unique_files(builder))
+                    upload_progress = phases("uploading", unique)
+                result = commit_tree(
+                    self.repo,
+                    ref.project,
+                    ref.artifact,
+                    builder,
+                    sources,
+                    type=type,
+                    description=description,
+                    metadata=metadata,
+                    aliases=aliases,
+                    logged_by=logged_by,
+                    progress=upload_progress,
+                )
+            finally:
+                if isinstance(builder, SpillingBuilder):
+                    builder.close()
         if ttl is not None and result.created:
             result = dataclasses.replace(result, version=self.repo.set_ttl(result.version, ttl))
         return result
@@ -902,11 +934,34 @@ def default_root(version: Version) -> Path:
     return Path("artifacts") / f"{version.artifact}:v{version.number}"
 
 
-def _unique_files(builder: ManifestBuilder) -> list[tuple[str, int, str]]:
-    seen: dict[str, tuple[str, int, str]] = {}
-    for path, size, digest in builder.files():
-        seen.setdefault(digest, (path, size, digest))
-    return list(seen.values())
+def scan_inputs(paths: Iterable[str | os.PathLike[str]], builder: SpillingBuilder) -> None:
+    """``build_tree`` into a SpillingBuilder: the files are left pending, to hash."""
+    paths = _checked_inputs(paths)
+    try:
+        for p in paths:
+            # A link named on the command line is followed; links inside a
+            # directory are kept as links.
+            if p.is_dir():
+                for path, disk in iter_tree(p, builder):
+                    builder.add_pending(path, str(disk), os.lstat(disk).st_size)
+            elif p.is_file():
+                names.check_path(p.name)
+                builder.add_pending(p.name, str(p), p.stat().st_size)
+            else:
+                raise RepoError(f"cannot put {p}: not a regular file or directory")
+        len(builder)  # the last rows in: a duplicate among them raises now
+    except DuplicatePath as e:
+        raise RepoError(f"two inputs give the same path: {e}") from None
+
+
+def _checked_inputs(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise RepoError("nothing to put: name at least one file or directory")
+    for p in paths:
+        if not p.exists() and not p.is_symlink():
+            raise RepoError(f"no such file or directory: {p}")
+    return paths
 
 
 def build_tree(

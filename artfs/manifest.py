@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -363,7 +364,12 @@ def scan_tree(root: Path, builder: ManifestBuilder, prefix: str = "") -> list[tu
     else (sockets, devices) is refused. Directories keep their permission
     bits and mtimes (``root`` gives the tree's root, or ``prefix``).
     """
-    files: list[tuple[str, Path]] = []
+    return list(iter_tree(root, builder, prefix))
+
+
+def iter_tree(root: Path, builder: Any, prefix: str = "") -> Iterator[tuple[str, Path]]:
+    """``scan_tree`` as it goes: each regular file as it is found (``builder``
+    has ``add_dir`` and ``add_symlink``: a ManifestBuilder or SpillingBuilder)."""
     st = os.stat(root)
     builder.add_dir(prefix, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
     stack = [(root, prefix)]
@@ -387,10 +393,9 @@ def scan_tree(root: Path, builder: ManifestBuilder, prefix: str = "") -> list[tu
                     builder.add_dir(path, mode=st.st_mode, mtime_ns=st.st_mtime_ns)
                     stack.append((Path(entry.path), path))
                 elif entry.is_file(follow_symlinks=False):
-                    files.append((path, Path(entry.path)))
+                    yield path, Path(entry.path)
                 else:
                     raise ValueError(f"cannot store {entry.path}: not a file, directory or link")
-    return files
 
 
 class Manifest:

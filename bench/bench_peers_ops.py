@@ -97,7 +97,7 @@ def mount_of(base: Path, name: str, env: dict[str, str]) -> Any:
     )
 
 
-def commit_through_staging(m: Mount, src: Path, artifact: str, files: int) -> None:
+def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label: str = "") -> None:
     art = m.path / "bench" / artifact
     art.mkdir(parents=True, exist_ok=True)
     staging = art / "staging"
@@ -110,7 +110,7 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int) -> No
     (staging / ".commit").touch()
     t = time.perf_counter() - start
     report(
-        f"cp -r {src.name} into staging + .commit",
+        f"cp -r {src.name} into staging + .commit{label}",
         t,
         baseline=plain,
         more={"cp -r && sync": synced},
@@ -183,6 +183,26 @@ def dd_rows(m: Mount, big: Path, version_file: Path, size: int, cold: bool) -> N
         print(r.line(), flush=True)
 
 
+def lever_rows(
+    base: Path,
+    env: dict[str, str],
+    lever: str,
+    medium: Path,
+    small: Path,
+    mf: int,
+    sf: int,
+    medium_only: bool = False,
+) -> None:
+    """The staging rows again, on a daemon with one lever turned on or off."""
+    how, _, name = lever.partition(":")
+    lever_env = dict(env, **{f"ARTFS_BENCH_{how.upper()}": name})
+    tag = f"{how}-{name}"
+    with mount_of(base, f"mnt-{tag}", lever_env) as m:
+        commit_through_staging(m, medium, f"medium-{tag}", mf, f" [{name} {how}]")
+        if not medium_only:
+            commit_through_staging(m, small, f"small-{tag}", sf, f" [{name} {how}]")
+
+
 def peers_note() -> None:
     for tool in ("rclone", "dvc"):
         if shutil.which(tool) is None:
@@ -193,6 +213,15 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="scaled-down datasets (a quick run)")
     p.add_argument("--only", default="", help="comma-separated: staging,put,read,dd")
+    p.add_argument(
+        "--medium-only", action="store_true", help="staging rows: medium only, not small"
+    )
+    p.add_argument(
+        "--levers",
+        default="",
+        help="comma-separated levers the staging rows are also run with, each on a mount "
+        "of its own in the same run: on:writeback-cache, off:syncfs-names",
+    )
     args = p.parse_args()
     shape = SHAPES["small" if args.small else "full"]
     only = set(filter(None, args.only.split(",")))
@@ -213,7 +242,8 @@ def main() -> None:
         sf, ss, sd = shape["small"]
         medium, small = base / "data" / "medium", base / "data" / "small"
         make_dataset(medium, mf, ms, md, "medium")
-        make_dataset(small, sf, ss, sd, "small")
+        if not (args.medium_only and only and only <= {"staging", "put"}):
+            make_dataset(small, sf, ss, sd, "small")
         print(f"medium {mf:,} x {human(ms)}, small {sf:,} x {human(ss)} in {sd} dirs")
         if not only or "put" in only:
             plain = cp_r(medium, base / "data" / "medium-copy")
@@ -232,8 +262,11 @@ def main() -> None:
         with mount_of(base, "mnt", env) as m:
             if not only or "staging" in only:
                 commit_through_staging(m, medium, "medium-st", mf)
-                commit_through_staging(m, small, "small-st", sf)
+                if not args.medium_only:
+                    commit_through_staging(m, small, "small-st", sf)
                 rewrite_base(m, medium, mf)
+                for lever in filter(None, args.levers.split(",")):
+                    lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only)
             if not only or "read" in only:
                 read_rows(m, small, m.path / "bench/small/v0", sf, cold)
             if not only or "dd" in only:

@@ -21,20 +21,22 @@ duplicate.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from artfs import names
 from artfs.digest import READ_CHUNK, digest_fd, digest_file
 from artfs.hooks import pause_point
 from artfs.manifest import ManifestBuilder
+from artfs.manifest_spill import SpilledSources, SpillingBuilder
 from artfs.objects import PreconditionFailed
 from artfs.repo import layout, runs
 from artfs.repo.locks import SHARED, StoreLock
@@ -48,6 +50,19 @@ HASH_WORKERS = 4
 _CHECK_CHUNK = 256
 _HASH_CHUNK = 64
 Progress = Callable[[int], None]
+T = TypeVar("T")
+
+
+def _hash_one(disk: str | Path, progress: Progress | None) -> tuple[str, int, os.stat_result]:
+    fd = os.open(disk, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        # A large file advances the bar as it is read, not once at its end.
+        large = progress is not None and st.st_size >= READ_CHUNK
+        digest, size = digest_fd(fd, st.st_size, progress if large else None)
+    finally:
+        os.close(fd)
+    return digest, size, st
 
 
 def hash_files(
@@ -59,15 +74,7 @@ def hash_files(
 
     def one(item: tuple[str, Path]) -> tuple[str, Path, str, int, os.stat_result]:
         path, disk = item
-        fd = os.open(disk, os.O_RDONLY)
-        try:
-            st = os.fstat(fd)
-            # A large file advances the bar as it is read, not once at its end.
-            large = progress is not None and st.st_size >= READ_CHUNK
-            digest, size = digest_fd(fd, st.st_size, progress if large else None)
-        finally:
-            os.close(fd)
-        return path, disk, digest, size, st
+        return (path, disk, *_hash_one(disk, progress))
 
     def some(chunk: list[tuple[str, Path]]) -> list[tuple[str, Path, str, int, os.stat_result]]:
         return [one(item) for item in chunk]
@@ -84,11 +91,41 @@ def hash_files(
     return sources
 
 
+def hash_pending(builder: SpillingBuilder, progress: Progress | None = None) -> None:
+    """Hash the pending files of ``builder`` in place, a few chunks in flight at a
+    time, so memory holds chunks, not the list of every file."""
+
+    def some(rows: list[tuple[int, str, str]]) -> list[tuple[int, int, str, int, int]]:
+        done = []
+        for rowid, _path, disk in rows:
+            digest, size, st = _hash_one(disk, progress)
+            done.append((rowid, size, digest, st.st_mode, st.st_mtime_ns))
+        return done
+
+    def finish(done: list[tuple[int, int, str, int, int]]) -> None:
+        builder.set_hashed(done)
+        if progress:
+            progress(sum(d[1] for d in done if d[1] < READ_CHUNK))
+
+    with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
+        inflight: collections.deque[Future[list[tuple[int, int, str, int, int]]]] = (
+            collections.deque()
+        )
+        # Reads of the next chunks wait for the updates of those done: the
+        # builder's database has one connection, used from this thread only.
+        for rows in builder.pending(_HASH_CHUNK):
+            inflight.append(pool.submit(some, rows))
+            if len(inflight) >= 2 * HASH_WORKERS:
+                finish(inflight.popleft().result())
+        while inflight:
+            finish(inflight.popleft().result())
+
+
 def commit_tree(
     repo: Repo,
     project: str,
     artifact: str,
-    builder: ManifestBuilder,
+    builder: ManifestBuilder | SpillingBuilder,
     sources: Mapping[str, Path],
     *,
     type: str = "dataset",
@@ -135,18 +172,28 @@ def commit_tree(
             runs.record_log(repo, logged_by, current)  # the run made it, if not first
         return CommitResult(repo.version(project, artifact, current.number), False, 0, 0, 0)
 
-    needed = {digest: size for _, size, digest in builder.files()}
     # Every file, duplicates and reference entries too.
     file_count, total = builder.totals()
+    uploaded = reused = new_bytes = 0
     with StoreLock(repo.store, SHARED, f"commit {project}/{artifact}") as lock:
-        _check_carried(repo, project, artifact, [d for d in needed if d not in sources], stored)
-        uploaded, reused = _upload_blobs(
-            repo,
-            {d: sources[d] for d in needed if d in sources},
-            move=move,
-            progress=progress,
-            sizes=needed,
-        )
+        carried = []
+        for chunk in _chunks(unique_files(builder), _UPLOAD_CHUNK):
+            digests = [d for d, _ in chunk]
+            if isinstance(sources, SpilledSources):
+                local: Collection[str] = sources.having(digests)
+            else:
+                local = sources
+            carried += [d for d in digests if d not in local]
+        _check_carried(repo, project, artifact, carried, stored)
+        # In chunks of distinct contents: a put of a million files holds one
+        # chunk of sources at a time, not a map of all of them.
+        for chunk in _chunks(unique_files(builder), _UPLOAD_CHUNK):
+            sizes = dict(chunk)
+            local = _sources_of(sources, list(sizes))
+            up, found = _upload_blobs(repo, local, move=move, progress=progress, sizes=sizes)
+            uploaded += len(up)
+            reused += len(found)
+            new_bytes += sum(sizes[d] for d in up)
         with tempfile.TemporaryDirectory(dir=repo.cache.root / "tmp") as tmp:
             manifest_file = Path(tmp) / "manifest.sqlite"
             # A full cache disk evicts least recently used blobs before it fails.
@@ -181,10 +228,40 @@ def commit_tree(
     repo.advance_latest(project, artifact, version.number)
     for alias in aliases:
         repo.set_alias(version, alias)
-    new_bytes = sum(needed[d] for d in uploaded)
     return CommitResult(
-        repo.version(project, artifact, version.number), True, len(uploaded), new_bytes, len(reused)
+        repo.version(project, artifact, version.number), True, uploaded, new_bytes, reused
     )
+
+
+_UPLOAD_CHUNK = 16_384
+
+
+def unique_files(builder: ManifestBuilder | SpillingBuilder) -> Iterator[tuple[str, int]]:
+    """(digest, size) of each distinct content of the tree."""
+    if isinstance(builder, SpillingBuilder):
+        yield from builder.unique_files()
+        return
+    seen: dict[str, int] = {}
+    for _, size, digest in builder.files():
+        seen.setdefault(digest, size)
+    yield from seen.items()
+
+
+def _sources_of(sources: Mapping[str, Path], digests: list[str]) -> dict[str, Path]:
+    if isinstance(sources, SpilledSources):
+        return sources.get_many(digests)
+    return {d: p for d in digests if (p := sources.get(d)) is not None}
+
+
+def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _repair_latest(repo: Repo, project: str, artifact: str) -> None:
