@@ -173,6 +173,26 @@ def file_mode(executable: bool) -> int:
 _Row = tuple[str, int, int, str | None, str | None, int | None, str | None, str | None]
 
 
+def tree_line(
+    path: str,
+    kind: str,
+    mode: int,
+    size: int,
+    digest: str | None,
+    target: str | None,
+    mtime: int | None,
+    ref: str | None = None,
+    etag: str | None = None,
+) -> bytes:
+    """One entry's line of the tree digest (doc/FORMAT.md §3.3), for every builder."""
+    # An entry without an mtime hashes as in format 1, one without a
+    # reference as in format 2.
+    when = "" if mtime is None else f"\0{mtime}"
+    if ref is not None:
+        when += f"\0ref\0{ref}\0{etag or ''}"
+    return f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}{when}\n".encode()
+
+
 class ManifestBuilder:
     """Collects a tree by path, then writes it as a manifest file."""
 
@@ -289,15 +309,7 @@ class ManifestBuilder:
         """A digest of the tree's content, independent of how SQLite lays it out."""
         h = xxhash.xxh3_128()
         for path in sorted(self._entries):
-            kind, mode, size, digest, target, mtime, ref, etag = self._entries[path]
-            # An entry without an mtime hashes as in format 1, one without a
-            # reference as in format 2.
-            when = "" if mtime is None else f"\0{mtime}"
-            if ref is not None:
-                when += f"\0ref\0{ref}\0{etag or ''}"
-            h.update(
-                f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}{when}\n".encode()
-            )
+            h.update(tree_line(path, *self._entries[path]))
         return f"xxh128:{h.hexdigest()}"
 
     def write(self, dest: Path) -> None:

@@ -24,7 +24,16 @@ from pathlib import Path
 
 import xxhash
 
-from artfs.manifest import _SCHEMA, DIR, FILE, FORMAT, PERMISSION_BITS, ROOT_ID, SYMLINK
+from artfs.manifest import (
+    _SCHEMA,
+    DIR,
+    FILE,
+    FORMAT,
+    PERMISSION_BITS,
+    ROOT_ID,
+    SYMLINK,
+    tree_line,
+)
 from artfs.names import check_path
 
 _BATCH = 10_000
@@ -227,10 +236,8 @@ class SpillingBuilder:
             "SELECT path, kind, mode, size, digest, target, mtime FROM tree ORDER BY path"
         )
         while rows := cur.fetchmany(_BATCH):
-            for path, kind, mode, size, digest, target, mtime in rows:
-                when = "" if mtime is None else f"\0{mtime}"
-                line = f"{path}\0{kind}\0{mode:o}\0{size}\0{digest or ''}\0{target or ''}{when}\n"
-                h.update(line.encode())
+            for row in rows:
+                h.update(tree_line(*row))
         return f"xxh128:{h.hexdigest()}"
 
     def write(self, dest: Path) -> None:
