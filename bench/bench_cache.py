@@ -42,6 +42,7 @@ from bench.common import (
     base_parser,
     cp_r,
     human,
+    local_store_env,
     make_tree,
     parse_size,
     report,
@@ -278,13 +279,7 @@ def main() -> None:
     staged = args.staged if args.staged is not None else (5000 if args.small else 100_000)
     with workdir(args.dir, args.keep) as base, tempfile.TemporaryDirectory() as tmp:
         code = None if args.no_base else export_base(Path(tmp) / "base", args.base)
-        env = dict(os.environ)
-        env.update(
-            ARTFS_STORE=str(base / "store"),
-            ARTFS_CACHE=str(base / "cache"),
-            ARTFS_STATE=str(base / "state"),
-            ARTFS_CONFIG=str(base / "no-config.toml"),
-        )
+        env = local_store_env(base)
         api = Api(store=env["ARTFS_STORE"], cache=env["ARTFS_CACHE"])
         if big:
             reads(base, api, env, big, code, args.base)

@@ -28,7 +28,16 @@ from artfs.api import Api
 from artfs.manifest import ManifestBuilder
 from artfs.repo import commit_tree, hash_files
 from artfs.repo.layout import blob_key
-from bench.common import base_parser, drop_caches, human, make_tree, parse_size, report, workdir
+from bench.common import (
+    base_parser,
+    drop_caches,
+    human,
+    local_store_env,
+    make_tree,
+    parse_size,
+    report,
+    workdir,
+)
 from tests.mounting import Mount, mounted
 
 CHUNK = 1 << 20
@@ -215,13 +224,7 @@ def main() -> None:
     if cold and not drop_caches(True):
         print("(cannot drop the page cache: not root? figures are warm)")
     with workdir(args.dir, args.keep) as base:
-        env = dict(os.environ)
-        env.update(
-            ARTFS_STORE=str(base / "store"),
-            ARTFS_CACHE=str(base / "cache"),
-            ARTFS_STATE=str(base / "state"),
-            ARTFS_CONFIG=str(base / "no-config.toml"),
-        )
+        env = local_store_env(base)
         api = Api(store=env["ARTFS_STORE"], cache=env["ARTFS_CACHE"])
         if parse_size(args.big):
             big_file(base, api, parse_size(args.big), cold, env)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from artfs.api import Api
-from bench.common import base_parser, cp_r, drop_caches, human, report, workdir
+from bench.common import base_parser, cp_r, drop_caches, human, local_store_env, report, workdir
 from tests.mounting import Mount, mounted
 
 SHAPES = {
@@ -230,13 +230,7 @@ def main() -> None:
         print("(cannot drop the page cache: not root? figures are warm)")
     peers_note()
     with workdir(args.dir, args.keep) as base:
-        env = dict(os.environ)
-        env.update(
-            ARTFS_STORE=str(base / "store"),
-            ARTFS_CACHE=str(base / "cache"),
-            ARTFS_STATE=str(base / "state"),
-            ARTFS_CONFIG=str(base / "no-config.toml"),
-        )
+        env = local_store_env(base)
         api = Api(store=env["ARTFS_STORE"], cache=env["ARTFS_CACHE"])
         mf, ms, md = shape["medium"]
         sf, ss, sd = shape["small"]

@@ -173,3 +173,16 @@ def workdir(path: Path, keep: bool = False) -> Iterator[Path]:
     finally:
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def local_store_env(base: Path) -> dict[str, str]:
+    """The environment for artfs on a local store under ``base``: its store,
+    cache and state there, and no config file of the user's."""
+    env = dict(os.environ)
+    env.update(
+        ARTFS_STORE=str(base / "store"),
+        ARTFS_CACHE=str(base / "cache"),
+        ARTFS_STATE=str(base / "state"),
+        ARTFS_CONFIG=str(base / "no-config.toml"),
+    )
+    return env
