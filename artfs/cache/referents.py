@@ -70,10 +70,7 @@ def _open_checksummed(
             cache.counters.hit()
             return reader
         cache.counters.miss()
-        with cache.single_flight(digest):
-            if not cache.path(digest).exists():
-                cache.writing(lambda: _fetch(cache, referents, uri, None, entry.size, digest))
-        cache._grew(cache.path(digest))
+        cache.fill(digest, lambda: _fetch(cache, referents, uri, None, entry.size, digest))
     raise BlobError(f"reference {uri} vanished from the cache (evicted as soon as fetched)")
 
 

@@ -292,14 +292,22 @@ class BlobCache:
             if not dest.exists():
                 raise BlobError(f"blob {digest} vanished from the cache")
             return dest
-        with self.single_flight(digest):
-            if dest.exists():
-                return dest
-            self.writing(lambda: self._download(digest, dest))
-        self._grew(dest)
+        self.fill(digest, lambda: self._download(digest, dest))
         if progress is not None:
             with contextlib.suppress(OSError):
                 progress(dest.stat().st_size)
+        return dest
+
+    def fill(self, digest: str, fetch: Callable[[], None]) -> Path:
+        """Put ``digest`` in the cache by ``fetch`` (which places it, verified,
+        with ``_place``), once across threads and processes; a full disk
+        evicts and retries (``writing``), and the size limit applies after."""
+        dest = self.path(digest)
+        with self.single_flight(digest):
+            if dest.exists():
+                return dest
+            self.writing(fetch)
+        self._grew(dest)
         return dest
 
     def _download(self, digest: str, dest: Path) -> None:
