@@ -137,16 +137,10 @@ class Referents:
         """(CloudStore at the bucket's root, key) for an s3/gs/az URI."""
         scheme, _, rest = uri.partition("://")
         bucket, _, key = rest.partition("/")
-        root = f"{scheme}://{bucket}"
-        with self._lock:
-            store = self._stores.get(root)
-        if store is None:
-            from artfs.objects.cloud import CloudStore
+        from artfs.objects.cloud import CloudStore
 
-            store = CloudStore(root, self._options)
-            with self._lock:
-                store = self._stores.setdefault(root, store)
-        return store, key
+        root = f"{scheme}://{bucket}"
+        return self._store(root, lambda: CloudStore(root, self._options)), key
 
     def _http(self, uri: str) -> tuple[Any, str]:
         """(obstore HTTPStore at the host's root, path) for an http(s) URI."""
@@ -157,20 +151,30 @@ class Referents:
         scheme, _, rest = uri.partition("://")
         host, _, path = rest.partition("/")
         root = f"{scheme}://{host}/"
+
+        def make() -> Any:
+            return HTTPStore.from_url(
+                root,
+                client_options={
+                    "allow_http": scheme == "http",  # check_uri allowed only loopback
+                    "timeout": timedelta(seconds=60),
+                    "connect_timeout": timedelta(seconds=5),
+                },
+                retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=20)},
+            )
+
+        return self._store(root, make), path
+
+    def _store(self, root: str, make: Callable[[], Any]) -> Any:
+        """The store for ``root``, made on first use (outside the lock: making
+        one may read config files) and shared after."""
         with self._lock:
             store = self._stores.get(root)
-            if store is None:
-                store = HTTPStore.from_url(
-                    root,
-                    client_options={
-                        "allow_http": scheme == "http",  # check_uri allowed only loopback
-                        "timeout": timedelta(seconds=60),
-                        "connect_timeout": timedelta(seconds=5),
-                    },
-                    retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=20)},
-                )
-                self._stores[root] = store
-        return store, path
+        if store is None:
+            store = make()
+            with self._lock:
+                store = self._stores.setdefault(root, store)
+        return store
 
     # -- operations ---------------------------------------------------------
 
