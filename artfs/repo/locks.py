@@ -6,7 +6,10 @@ listing of ``locks/``. The rules (the argument is in ``artfs.repo.gc``):
 
 - Shared (a commit, a put): write the lock, *then* list ``locks/``. If a live
   exclusive lock is there, delete ours, wait and start again. A shared holder
-  never waits while it holds its lock, so there is no deadlock.
+  never waits while it holds its lock, so there is no deadlock. It reads only
+  the locks not named ``shared-…``: a lock's kind is in its key, and a
+  shared lock never blocks a shared holder, so n concurrent commits cost n
+  LISTs, not n² GETs.
 - Exclusive (gc): write the lock, *then* list ``locks/``; wait, keeping ours,
   until no live shared lock is left. New commits see ours and back off, so gc
   cannot be starved; commits that were already in run to their end. Two gcs
@@ -193,16 +196,33 @@ def _parse_lock(store: ObjectStore, key: str, mtime: float, ttl: float) -> LockI
     return LockInfo(key, kind, purpose, created, expires, holder)
 
 
-def list_locks(store: ObjectStore, ttl: float | None = None) -> list[LockInfo]:
+def list_locks(
+    store: ObjectStore, ttl: float | None = None, *, blocking_for: str | None = None
+) -> list[LockInfo]:
+    """Every lock in the store, each read (one GET a lock).
+
+    ``blocking_for=SHARED`` leaves out, unread, the locks named shared (see
+    ``_named_shared``): they never block a shared holder, whatever they
+    say, so a commit among many concurrent ones costs one LIST, not one GET
+    per other holder.
+    """
     ttl = ttl if ttl is not None else lock_ttl()
     out = []
     for obj in store.list(layout.locks_prefix(), recursive=True).objects:
         if not obj.key.endswith(".json"):
             continue
+        if blocking_for == SHARED and _named_shared(obj.key):
+            continue
         info = _parse_lock(store, obj.key, obj.mtime, ttl)
         if info is not None:
             out.append(info)
     return out
+
+
+def _named_shared(key: str) -> bool:
+    # A lock's key carries its kind (``StoreLock._write``): the name is chosen
+    # by the holder, as the body is, so it is as much the holder's word.
+    return layout.key_basename(key).startswith(f"{SHARED}-")
 
 
 def remove_stale_locks(store: ObjectStore, locks: list[LockInfo] | None = None) -> list[LockInfo]:
@@ -279,7 +299,10 @@ class StoreLock:
             self.key = None
 
     def _others(self) -> list[LockInfo]:
-        return [lock for lock in list_locks(self.store, self.ttl) if lock.key != self.key]
+        """The other locks that may block us (a shared holder reads no shared lock)."""
+        wanted = SHARED if self.kind == SHARED else None
+        locks = list_locks(self.store, self.ttl, blocking_for=wanted)
+        return [lock for lock in locks if lock.key != self.key]
 
     # -- acquire / release ------------------------------------------------------
 
