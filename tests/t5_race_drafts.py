@@ -389,3 +389,61 @@ def test_the_seeds_parallel_writers_with_runs_in_a_group(
         late.add_file(tmp_path / "table_0.json", name="parts/late.json")
         with pytest.raises(DraftClosed):
             run.upsert_artifact(late)
+
+
+def test_closes_queued_behind_a_part_write_share_the_next_one(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon's concurrent closes are a group commit: while one add holds
+    the part (held at its pause point), the adds that queue behind it go into
+    the store in one write together, and each returns only once its file is
+    in. (One write per add serialised every close of a mount on one PUT.)"""
+    import threading
+
+    from artfs.digest import digest_file
+    from artfs.repo.drafts import open_draft, read_parts
+
+    class CountingWriter(PartWriter):
+        writes = 0
+
+        def _write(self, name, entries):  # type: ignore[no-untyped-def]
+            CountingWriter.writes += 1
+            return super()._write(name, entries)
+
+    api = Api(store=store_url, cache=str(tmp_path / "cache"))
+    open_draft(api.repo, "proj", "ds", "g")
+    writer = CountingWriter(api.repo, "proj", "ds", "g", writer="w1")
+    pause = tmp_path / "pause"
+    monkeypatch.setenv("ARTFS_TEST_PAUSE_DRAFT_BEFORE_PART", str(pause))
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        f = tmp_path / f"f{i}"
+        f.write_bytes(b"file %d" % i)
+        digest, size = digest_file(f)
+        try:
+            writer.add({f"f{i}": PartEntry(size, digest)}, {digest: f})
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(i,), daemon=True) for i in range(3)]
+    try:
+        threads[0].start()
+        deadline = time.monotonic() + 60
+        while not Path(f"{pause}.reached").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for t in threads[1:]:
+            t.start()
+        while len(writer._queue) < 2:  # both queued behind the held write
+            assert time.monotonic() < deadline and all(t.is_alive() for t in threads)
+            time.sleep(0.02)
+    finally:
+        pause.touch()  # never leave a writer held
+        for t in threads:
+            if t.is_alive() or t.ident is not None:
+                t.join(60)
+    assert not errors
+    assert CountingWriter.writes == 2  # f0 alone, then f1 and f2 in one write
+    (part,) = read_parts(api.repo, "proj", "ds", "g").values()
+    assert sorted(part[1]) == ["f0", "f1", "f2"]

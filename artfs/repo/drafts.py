@@ -358,6 +358,17 @@ def read_parts(
 # -- writing -----------------------------------------------------------------
 
 
+@dataclass
+class _Queued:
+    """One add waiting for the part write that records its files."""
+
+    files: dict[str, PartEntry]
+    lock: StoreLock
+    done: bool = False
+    error: BaseException | None = None
+    written: dict[str, str] = field(default_factory=dict)
+
+
 class PartWriter:
     """One writer's part of one draft: add files, each call durable on return.
 
@@ -366,6 +377,14 @@ class PartWriter:
     ``SEGMENT_FILES`` files, so a daemon recording one file per close
     rewrites a bounded object, not its whole history. A path stays in the
     segment that first named it. Thread-safe; a daemon keeps one per draft.
+
+    Concurrent adds (a daemon's many closes) share part writes, as a group
+    commit: each uploads its blobs under its own shared lock, then queues
+    its files; whichever add takes the part first writes every queued file
+    in one write per segment, and the others find theirs written. Each
+    add's lease is checked before its files go in (its blobs are protected
+    by its lock until the part names them), and each returns only once the
+    write that holds its files is in the store.
     """
 
     SEGMENT_FILES = 256
@@ -380,7 +399,9 @@ class PartWriter:
         names.check_name(self.writer, "writer id")
         if "." in self.writer:
             raise names.BadName(f"bad writer id {self.writer!r}: no '.'")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the part: one write at a time
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued] = []  # adds whose blobs are up, waiting for the part
         # segment name -> (etag, entries); None until read from the store
         self._segments: dict[str, tuple[str | None, dict[str, PartEntry]]] | None = None
 
@@ -469,14 +490,51 @@ class PartWriter:
             # Uploads of concurrent adds (a daemon's many closes) overlap; only
             # the part's rewrite is one at a time.
             _upload_blobs(self.repo, {x: sources[x] for x in needed}, move=False, progress=None)
-            with self._lock:
-                plan = self._plan(files)
-                pause_point("DRAFT_BEFORE_PART")
-                lock.check()
-                written = {name: self._write(name, entries) for name, entries in plan.items()}
+            written = self._record(_Queued(dict(files), lock))
             pause_point("DRAFT_AFTER_PART")
             for name, etag in written.items():
                 self._confirm(name, etag)
+
+    def _record(self, mine: _Queued) -> dict[str, str]:
+        """Write ``mine`` and every add queued with it into the part (W3);
+        segment name -> etag of the writes that hold ``mine``'s files."""
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._lock:
+            if not mine.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._write_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.written
+
+    def _write_batch(self, batch: list[_Queued]) -> None:
+        try:
+            files: dict[str, PartEntry] = {}
+            pause_point("DRAFT_BEFORE_PART")
+            for queued in batch:
+                try:
+                    queued.lock.check()
+                except RepoError as e:
+                    queued.error = e  # its blobs may be gone: its files stay out
+                    continue
+                files.update(queued.files)
+            plan = self._plan(files)
+            written = {name: self._write(name, entries) for name, entries in plan.items()}
+            for queued in batch:
+                queued.written = {
+                    name: etag
+                    for name, etag in written.items()
+                    if any(path in plan[name] for path in queued.files)
+                }
+        except BaseException as e:
+            for queued in batch:
+                queued.error = queued.error or e
+            raise
+        finally:
+            for queued in batch:
+                queued.done = True
 
     def remove(self, path: str) -> None:
         """Take ``path`` out of this writer's part (an open draft only)."""
