@@ -76,6 +76,35 @@ def test_check_a_healthy_store_then_each_kind_of_damage(
     assert run_artfs("check").returncode == 0
 
 
+def test_check_holds_open_drafts_to_their_blobs(api: Api, run_artfs, tmp_path: Path) -> None:
+    """An open draft's part names blobs its finish will need: a missing one,
+    or a part that does not parse, is a problem, as for a live version;
+    a finished draft's blobs are the version's."""
+    src = make_tree(tmp_path / "src", {"a.txt": "alpha", "b.txt": "bravo"})
+    run_artfs("put", str(src), "-n", "proj/ds", "--draft", "g")
+    assert run_artfs("check").returncode == 0
+    store = api.repo.store
+    (part_key,) = [o.key for o in store.iter_objects(layout.draft_parts_prefix("proj", "ds", "g"))]
+    part = json.loads(store.get(part_key))
+    digest = part["files"]["a.txt"]["digest"]
+    blob = store.get(layout.blob_key(digest))
+
+    store.delete(layout.blob_key(digest))
+    miss = run_artfs("check", check=False)
+    assert miss.returncode == 1 and digest in miss.stdout and "open draft" in miss.stdout
+    store.put(layout.blob_key(digest), blob)
+
+    evil = layout.draft_part_key("proj", "ds", "g", "evil")
+    store.put(evil, b'{"format": 1, "files": {"../x": {}}}')
+    bad = json.loads(run_artfs("check", "--json", check=False).stdout)
+    assert [p["kind"] for p in bad["problems"]] == ["corrupt-record"]
+    assert "draft g" in bad["problems"][0]["where"]
+    store.delete(evil)
+
+    run_artfs("draft", "finish", "proj/ds", "g")
+    assert run_artfs("check").returncode == 0
+
+
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_check_reports_and_repairs_orphan_temp_files(api: Api, run_artfs, store_url: str) -> None:
     api.put([make_tree(Path(store_url).parent / "src", {"a": "x"})], "proj/ds")

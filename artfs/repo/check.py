@@ -3,8 +3,9 @@
 check: the store's format; every record parses; every live version's manifest
 exists, opens and passes validation, and every blob it names is in the store
 with the right size (reference entries name no blob: their objects are not
-the store's, and check does not ask their URIs); aliases name live versions
-and ``latest`` the highest;
+the store's, and check does not ask their URIs); every open draft's parts
+parse and every blob they name is in the store (a finish would need it);
+aliases name live versions and ``latest`` the highest;
 no orphan temp objects; locks that are stale. ``read_data`` also re-hashes
 every blob a live version needs. ``repair`` fixes only what is safe to fix
 without knowing more than the store does: ``latest``, stale locks, orphan
@@ -30,7 +31,7 @@ from typing import Any
 from artfs import names
 from artfs.digest import Hasher, digest_file, is_digest
 from artfs.objects import NotFound, StoreError
-from artfs.repo import layout
+from artfs.repo import drafts, layout
 from artfs.repo.locks import list_locks, remove_stale_locks
 from artfs.repo.records import CorruptRecord, RepoError, Version
 from artfs.repo.registry import STORE_FORMAT, Repo
@@ -108,6 +109,7 @@ def check_store(repo: Repo, *, read_data: bool = False, repair: bool = False) ->
     for project, artifact in _artifacts(repo, report):
         report.artifacts += 1
         _check_artifact(repo, project, artifact, sizes, needed, report, repair)
+        _check_drafts(repo, project, artifact, sizes, needed, report)
     _check_blobs(repo, sizes, needed, report)
     if read_data:
         _read_data(repo, needed, report)
@@ -242,17 +244,50 @@ def _check_version(
         if e.is_reference:
             continue  # its bytes are not ours to hold: no blob to look for
         assert e.digest is not None  # validated by the manifest
-        if needed.setdefault(e.digest, e.size) not in (e.size, None):
-            report.problems.append(
-                Problem("bad-manifest", f"{v.ref}/{path}", f"size {e.size} differs for {e.digest}")
-            )
-        have = sizes.get(e.digest)
-        if have is not None and have != e.size:
-            report.problems.append(
-                Problem(
-                    "bad-blob", f"{v.ref}/{path}", f"blob {e.digest} has {have} bytes, not {e.size}"
-                )
-            )
+        _hold_blob(f"{v.ref}/{path}", e.digest, e.size, sizes, needed, report)
+
+
+def _check_drafts(
+    repo: Repo,
+    project: str,
+    artifact: str,
+    sizes: dict[str, int],
+    needed: dict[str, int | None],
+    report: CheckReport,
+) -> None:
+    """The blobs of open drafts are held to as a live version's are: gc keeps
+    them, and the finish fails without them."""
+    for d in drafts.list_drafts(repo, project, artifact, counts=False):
+        if d.state == "closed":
+            continue  # merged: its blobs are the version's now
+        where = f"{project}/{artifact} draft {d.group}"
+        try:
+            parts = drafts.read_parts(repo, project, artifact, d.group)
+        except (CorruptRecord, StoreError) as e:
+            report.problems.append(Problem("corrupt-record", where, str(e)))
+            continue
+        for writer, (_etag, entries) in sorted(parts.items()):
+            for path, e in entries.items():
+                _hold_blob(f"{where} part {writer}/{path}", e.digest, e.size, sizes, needed, report)
+
+
+def _hold_blob(
+    where: str,
+    digest: str,
+    size: int,
+    sizes: dict[str, int],
+    needed: dict[str, int | None],
+    report: CheckReport,
+) -> None:
+    """``digest`` of ``size`` bytes is needed: a size that differs from another
+    record's, or from the stored blob's, is a problem."""
+    if needed.setdefault(digest, size) not in (size, None):
+        report.problems.append(Problem("bad-manifest", where, f"size {size} differs for {digest}"))
+    have = sizes.get(digest)
+    if have is not None and have != size:
+        report.problems.append(
+            Problem("bad-blob", where, f"blob {digest} has {have} bytes, not {size}")
+        )
 
 
 def _still_live(repo: Repo, v: Version) -> bool:
@@ -274,7 +309,11 @@ def _check_blobs(
         for digest, there in pool.map(look, unlisted):
             if not there:
                 report.problems.append(
-                    Problem("missing-blob", digest, "needed by a live version, not in the store")
+                    Problem(
+                        "missing-blob",
+                        digest,
+                        "needed by a live version or an open draft, not in the store",
+                    )
                 )
 
 
