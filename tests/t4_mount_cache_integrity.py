@@ -5,6 +5,7 @@ real mounts, on a local store and on S3."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -206,3 +207,51 @@ def test_a_lazy_reader_checks_the_verified_blob_it_ends_up_reading(
     finally:
         reader.close()
     assert not cache.has(digest)  # discarded
+
+
+def _opens_now(mount_path: Path) -> int:
+    return json.loads(os.getxattr(mount_path, "user.artfs.stats"))["opens_now"]
+
+
+@pytest.mark.store_left_inconsistent  # a local store's blob is damaged on purpose
+def test_small_files_opened_on_the_event_loop_are_checked_as_any_open(
+    api: Api, store_url: str, tmp_path: Path, mount
+) -> None:
+    """A small file whose blob this daemon verified before is opened on the
+    event loop (its bytes read from the page cache, no worker thread): the
+    next epoch over a dataset. That open is held to the same stamp: a blob
+    damaged where the mount reads it is EIO (the store's own file) or
+    fetched again (a cache entry), never served."""
+    files = {f"f{i:02d}.txt": f"small file {i}\n" * (i + 1) for i in range(20)}
+    src = make_tree(tmp_path / "src", files)
+    artifacts = ["a", "b", "c", "d", "e"]
+    for name in artifacts:  # the same blobs under other inodes: no kept readers
+        api.put([src], f"proj/{name}")
+    m = mount(allowed_errors=["is corrupt", "changed"])
+    for p, text in files.items():  # the first epoch verifies each blob, in a worker
+        assert (m.path / "proj/a/v0" / p).read_text() == text
+    # A parallel test's drop_caches may evict the store's pages between two
+    # epochs (those opens then go to a worker): one whole epoch must be "now".
+    for name in artifacts[1:4]:
+        before = _opens_now(m.path)
+        for p, text in files.items():
+            assert (m.path / f"proj/{name}/v0" / p).read_text() == text
+        if _opens_now(m.path) - before == len(files):
+            break
+    else:
+        raise AssertionError("no epoch was opened on the event loop")
+
+    digest = {p: d for p, _, d in api.artifact("proj/a:v0").files()}["f03.txt"]
+    local = not store_url.startswith("s3://")
+    target = api.repo.store.local_path(blob_key(digest)) if local else api.repo.cache.path(digest)
+    _damage(target, offset=3)
+    f = m.path / "proj/e/v0/f03.txt"
+    try:
+        got = f.read_text()
+    except OSError as e:
+        assert e.errno == errno.EIO
+        assert local, "a damaged cache entry is fetched again from the store"
+        assert f"blob {digest} is corrupt" in m.log_text()
+    else:
+        assert not local and got == files["f03.txt"]
+    assert (m.path / "proj/e/v0/f04.txt").read_text() == files["f04.txt"]

@@ -44,6 +44,11 @@ class StampBook:
                 self._known[digest] = stamp
         return stamp
 
+    def known(self, digest: str) -> Stamp | None:
+        """The stamp this process last read or wrote, without reading the disk."""
+        with self._lock:
+            return self._known.get(digest)
+
     def put(self, digest: str, stamp: Stamp) -> None:
         """Record ``stamp``; a full disk only costs a later re-verify.
 

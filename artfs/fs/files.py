@@ -296,6 +296,14 @@ class BlobOpener:
     def open(self, digest: str, size: int) -> Reader:
         return self._small_in_memory(self.cache.open_reader(digest, size), size, f"blob {digest}")
 
+    def open_now(self, digest: str, size: int) -> Reader | None:
+        """A small blob's verified bytes if they can be had without waiting
+        (``BlobCache.read_small_now``), for an open on the event loop; else None."""
+        if size > SMALL_FILE:
+            return None
+        data = self.cache.read_small_now(digest, size)
+        return None if data is None else InMemory(data)
+
     def open_reference(self, entry: Entry) -> Reader:
         """A reader of a reference entry: fetched from its URI into the cache
         on a miss; BlobError if the object changed or vanished since the commit."""
