@@ -1,8 +1,16 @@
 """Reference entries: files of a version whose bytes stay outside the store.
 
-Referents are real: objects in a second SeaweedFS bucket (``refs_bucket``)
-and files in a local directory. Every test reads them back through the real
-mount and the real CLI.
+Referents are real: objects in a second bucket of each service (SeaweedFS's
+``refs_bucket``, fake-gcs-server's ``gcs_refs_bucket``, Azurite's
+``az_refs_container``) and files in a local directory. Every test reads them
+back through the real mount and the real CLI. artfs reaches each service the
+way it reaches a store there: the session's servers export their ``AWS_*``,
+``GOOGLE_SERVICE_ACCOUNT`` and ``AZURE_*`` environment, or the config file's
+``[object_store.<service>]`` tables (``test_per_service_config_tables``).
+
+The tests about the referent's service run three ways (``BY_SERVICE``): S3
+referents on an S3 store, GCS and Azure referents on a local store; what they
+prove depends on where the referent lives, not on the store.
 """
 
 from __future__ import annotations
@@ -11,10 +19,13 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,14 +35,58 @@ from artfs.api import Api, Artifact
 from artfs.manifest import Manifest
 from artfs.objects.cloud import CloudStore
 from artfs.repo.gc import collect_garbage
+from tests import azureserver as azure
 from tests.mounting import mounted
 from tests.trees import blob_keys
 
+# (store, referents' service): S3's referents on an S3 store, GCS's and Azure's
+# on a local store.
+BY_SERVICE = pytest.mark.parametrize(
+    "store_url,bucket",
+    [("s3", "s3"), ("local", "gs"), ("local", "az")],
+    indirect=True,
+    ids=["s3-s3", "local-gs", "local-az"],
+)
+
+
+@dataclass
+class RefBucket:
+    """A fresh prefix in the referents' bucket of one service."""
+
+    service: str  # "s3", "gs" or "az": the scheme of its URIs
+    name: str  # the bucket (container)
+    prefix: str
+    store: CloudStore  # at the bucket's root, configured as artfs configures it
+    # A key kept literally, as tools make "dir/" placeholders (obstore drops
+    # the trailing "/"); None on S3 (SeaweedFS keeps no such objects).
+    put_raw: Callable[[str, bytes], None] | None
+
+    def key(self, path: str) -> str:
+        return f"{self.prefix}/{path}"
+
+    def uri(self, path: str = "") -> str:
+        """The URI of ``path`` below the prefix; of the prefix itself by default."""
+        return f"{self.service}://{self.name}/{self.prefix}/{path}"
+
 
 @pytest.fixture
-def bucket(s3server, refs_bucket):
-    """(CloudStore on the referents' bucket, a fresh prefix in it)."""
-    return CloudStore(f"s3://{refs_bucket}"), f"r{uuid.uuid4().hex[:10]}"
+def bucket(request: pytest.FixtureRequest, s3server, gcsserver, azureserver) -> RefBucket:
+    """The referents' bucket of the service ``request.param`` (default S3).
+
+    Taking every server here makes them session fixtures of the test, set up
+    (their environment exported) before ``artfs_env`` copies the environment."""
+    service = getattr(request, "param", "s3")
+    put_raw: Callable[[str, bytes], None] | None = None
+    if service == "s3":
+        name = request.getfixturevalue("refs_bucket")
+    elif service == "gs":
+        name = request.getfixturevalue("gcs_refs_bucket")
+        put_raw = lambda key, data: gcsserver.put_raw(name, key, data)  # noqa: E731
+    else:
+        name = request.getfixturevalue("az_refs_container")
+        put_raw = lambda key, data: azure.put_raw(azureserver, name, key, data)  # noqa: E731
+    store = CloudStore(f"{service}://{name}")
+    return RefBucket(service, name, f"r{uuid.uuid4().hex[:10]}", store, put_raw)
 
 
 @pytest.fixture
@@ -53,21 +108,21 @@ def mount(store_url, artfs_env, tmp_path):
     return make
 
 
-def _put_referents(bucket, tmp_path: Path) -> tuple[str, dict[str, bytes], Path]:
+def _put_referents(bucket: RefBucket, tmp_path: Path) -> tuple[str, dict[str, bytes], Path]:
     """An object in the bucket and a local directory of two files."""
-    store, prefix = bucket
     obj = os.urandom(300_000)  # above SMALL_FILE: read through a cache reader
-    store.put(f"{prefix}/weights.bin", obj)
+    bucket.store.put(bucket.key("weights.bin"), obj)
     local = tmp_path / "referents"
     (local / "sub").mkdir(parents=True)
     (local / "a.txt").write_bytes(b"local a\n")
     (local / "sub" / "b.txt").write_bytes(b"local b\n")
-    uri = f"s3://{store.url.partition('://')[2]}/{prefix}/weights.bin"
+    uri = bucket.uri("weights.bin")
     return uri, {"weights.bin": obj, "a.txt": b"local a\n", "sub/b.txt": b"local b\n"}, local
 
 
+@BY_SERVICE
 def test_references_read_back_through_the_mount_and_get(
-    bucket, run_artfs, mount, tmp_path: Path, cache_dir: Path, api: Api
+    bucket: RefBucket, run_artfs, mount, tmp_path: Path, cache_dir: Path, api: Api
 ) -> None:
     uri, want, local = _put_referents(bucket, tmp_path)
     plain = tmp_path / "plain.txt"
@@ -114,28 +169,53 @@ def test_references_read_back_through_the_mount_and_get(
     # The store_url fixture then runs `artfs check`: references are no missing blobs.
 
 
-def test_ref_name_and_no_checksum_record_etags(bucket, run_artfs, tmp_path: Path, api: Api) -> None:
+# What a --no-checksum reference records: the token the service changes with
+# every write of the object (doc/FORMAT.md 3.4).
+_ETAG_SHAPES = {
+    "s3": r'"[0-9a-f]{32}"',  # the quoted ETag (an MD5 for a single-part put)
+    "gs": r"[0-9]+",  # the generation, not the ETag
+    "az": r'"0x[0-9A-F]+"',  # the quoted ETag, as HEAD gives it
+}
+
+
+@BY_SERVICE
+def test_ref_name_and_no_checksum_record_etags(
+    bucket: RefBucket, run_artfs, tmp_path: Path, api: Api
+) -> None:
     uri, want, local = _put_referents(bucket, tmp_path)
+    bucket.store.put(bucket.key("more/w2.bin"), b"second object\n")
     run_artfs("put", "-n", "proj/e", "--no-checksum", "--reference", uri, "--ref-name", "m/w.bin")
     run_artfs("put", "-n", "proj/d", "--reference", f"file://{local}/", "--ref-name", "data")
+    # A prefix's etags come from a listing: they must be the ones a HEAD gives
+    # (GCS lists ETags, not generations; Azure lists its ETags without quotes).
+    run_artfs("put", "-n", "proj/p", "--no-checksum", "--reference", bucket.uri())
     e = {x.path: x for x in api.artifact("proj/e:v0").files() if x.kind == "file"}
     assert list(e) == ["m/w.bin"] and e["m/w.bin"].digest == ""  # an etag, no digest
     manifest = api.repo.manifest(api.artifact("proj/e:v0").record)
     entry = manifest.lookup("m/w.bin")
-    assert entry is not None and entry.etag == bucket[0].head(f"{bucket[1]}/weights.bin").etag
+    assert entry is not None and entry.etag == bucket.store.head(bucket.key("weights.bin")).etag
+    assert re.fullmatch(_ETAG_SHAPES[bucket.service], entry.etag), entry.etag
+    listed = api.repo.manifest(api.artifact("proj/p:v0").record)
+    for path in ("weights.bin", "more/w2.bin"):
+        entry = listed.lookup(path)
+        assert entry is not None and entry.digest is None
+        assert entry.etag == bucket.store.head(bucket.key(path)).etag, path
     d = {x.path for x in api.artifact("proj/d:v0").files() if x.kind == "file"}
     assert d == {"data/a.txt", "data/sub/b.txt"}
     run_artfs("get", "proj/e:v0", "--root", str(tmp_path / "out"))
     assert (tmp_path / "out/m/w.bin").read_bytes() == want["weights.bin"]
+    run_artfs("get", "proj/p:v0", "--root", str(tmp_path / "out-p"))
+    assert (tmp_path / "out-p/weights.bin").read_bytes() == want["weights.bin"]
+    assert (tmp_path / "out-p/more/w2.bin").read_bytes() == b"second object\n"
 
 
+@BY_SERVICE
 @pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "etag"])
 @pytest.mark.parametrize("change", ["changed", "deleted"])
 def test_a_changed_or_deleted_referent_is_eio_and_a_get_error(
-    bucket, run_artfs, mount, tmp_path: Path, artfs_env, checksum: bool, change: str
+    bucket: RefBucket, run_artfs, mount, tmp_path: Path, artfs_env, checksum: bool, change: str
 ) -> None:
     uri, want, local = _put_referents(bucket, tmp_path)
-    store, prefix = bucket
     flags = [] if checksum else ["--no-checksum"]
     run_artfs("put", "-n", "proj/x", *flags, "--reference", uri)
     run_artfs("put", "-n", "proj/y", *flags, "--reference", f"file://{local}/a.txt")
@@ -144,10 +224,10 @@ def test_a_changed_or_deleted_referent_is_eio_and_a_get_error(
         x, y = m.path / "proj/x/v0/weights.bin", m.path / "proj/y/v0/a.txt"
         assert x.read_bytes() == want["weights.bin"] and y.read_bytes() == b"local a\n"
         if change == "changed":
-            store.put(f"{prefix}/weights.bin", os.urandom(300_000))  # same size, other bytes
+            bucket.store.put(bucket.key("weights.bin"), os.urandom(300_000))  # same size
             (local / "a.txt").write_bytes(b"LOCAL A\n")
         else:
-            store.delete(f"{prefix}/weights.bin")
+            bucket.store.delete(bucket.key("weights.bin"))
             (local / "a.txt").unlink()
         if checksum:
             # The committed bytes, verified against the digest, are still served.
@@ -180,28 +260,29 @@ def test_a_changed_or_deleted_referent_is_eio_and_a_get_error(
         assert not [p for p in out.rglob("*") if p.is_file()]  # no file with other bytes
 
 
+@BY_SERVICE
 def test_a_prefix_of_1000_objects_and_max_objects(
-    bucket, run_artfs, tmp_path: Path, api: Api
+    bucket: RefBucket, run_artfs, tmp_path: Path, api: Api
 ) -> None:
-    store, prefix = bucket
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(
             pool.map(
-                lambda i: store.put(f"{prefix}/shard/{i:04d}.txt", f"object {i}\n".encode()),
+                lambda i: bucket.store.put(
+                    bucket.key(f"shard/{i:04d}.txt"), f"object {i}\n".encode()
+                ),
                 range(1000),
             )
         )
     too_many = run_artfs(
-        "put", "-n", "proj/p", "--reference", f"s3://{store.url[5:]}/{prefix}/", "--max-objects",
-        "999", check=False,
+        "put", "-n", "proj/p", "--reference", bucket.uri(), "--max-objects", "999", check=False,
     )  # fmt: skip
     assert too_many.returncode == 2
     assert too_many.stderr.count("\n") == 1 and "more than 999 objects" in too_many.stderr
     assert api.repo.highest_live_version("proj", "p") is None  # nothing committed
 
     run_artfs(
-        "put", "-n", "proj/p", "--reference", f"s3://{store.url[5:]}/{prefix}/",
-        "--max-objects", "1000", "--no-checksum",
+        "put", "-n", "proj/p", "--reference", bucket.uri(), "--max-objects", "1000",
+        "--no-checksum",
     )  # fmt: skip
     v = api.artifact("proj/p:v0")
     assert v.record.file_count == 1000
@@ -213,7 +294,8 @@ def test_a_prefix_of_1000_objects_and_max_objects(
     assert (tmp_path / "out/shard/0999.txt").read_text() == "object 999\n"
 
 
-def test_gc_leaves_referents_alone(bucket, tmp_path: Path, api: Api) -> None:
+@BY_SERVICE
+def test_gc_leaves_referents_alone(bucket: RefBucket, tmp_path: Path, api: Api) -> None:
     uri, want, local = _put_referents(bucket, tmp_path)
     art = Artifact("proj/g")
     assert art.add_reference(uri) == 1
@@ -234,8 +316,7 @@ def test_gc_leaves_referents_alone(bucket, tmp_path: Path, api: Api) -> None:
     api.repo.delete_version(v.record, delete_aliases=True)
     result = collect_garbage(api.repo, grace=0, force=True)
     assert result.swept_blobs == 2  # the plain file's blob and the manifest: ours
-    store, prefix = bucket
-    assert store.get(f"{prefix}/weights.bin") == want["weights.bin"]
+    assert bucket.store.get(bucket.key("weights.bin")) == want["weights.bin"]
     assert (local / "a.txt").read_bytes() == b"local a\n"
     assert (local / "sub/b.txt").read_bytes() == b"local b\n"
 
