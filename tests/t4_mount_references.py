@@ -294,6 +294,31 @@ def test_a_prefix_of_1000_objects_and_max_objects(
     assert (tmp_path / "out/shard/0999.txt").read_text() == "object 999\n"
 
 
+@pytest.mark.parametrize(
+    "store_url,bucket", [("local", "gs"), ("local", "az")], indirect=True, ids=["gs", "az"]
+)
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "etag"])
+def test_a_prefix_skips_directory_placeholders(
+    bucket: RefBucket, run_artfs, tmp_path: Path, api: Api, checksum: bool
+) -> None:
+    """Consoles and tools make 0-byte "dir/" objects for folders. obstore lists
+    one as "dir": a file no GET finds, clashing with the files below it. A
+    prefix expands to the real objects only; a real empty object stays."""
+    assert bucket.put_raw is not None
+    for placeholder in ("d/", "d/sub/", "d/empty/"):  # "d/" is the prefix itself
+        bucket.put_raw(bucket.key(placeholder), b"")
+    want = {"a.txt": b"a\n", "sub/x.bin": os.urandom(1000), "zero": b""}
+    for path, data in want.items():
+        bucket.store.put(bucket.key(f"d/{path}"), data)
+    flags = [] if checksum else ["--no-checksum"]
+    run_artfs("put", "-n", "proj/m", *flags, "--reference", bucket.uri("d/"))
+    v = api.artifact("proj/m:v0")
+    assert {e.path for e in v.files() if e.kind == "file"} == set(want)
+    run_artfs("get", "proj/m:v0", "--root", str(tmp_path / "out"))
+    for path, data in want.items():
+        assert (tmp_path / "out" / path).read_bytes() == data
+
+
 @BY_SERVICE
 def test_gc_leaves_referents_alone(bucket: RefBucket, tmp_path: Path, api: Api) -> None:
     uri, want, local = _put_referents(bucket, tmp_path)
