@@ -346,6 +346,51 @@ def test_gc_leaves_referents_alone(bucket: RefBucket, tmp_path: Path, api: Api) 
     assert (local / "sub/b.txt").read_bytes() == b"local b\n"
 
 
+@pytest.mark.parametrize(
+    "store_url,bucket", [("s3", "gs"), ("s3", "az")], indirect=True, ids=["s3-gs", "s3-az"]
+)
+def test_per_service_config_tables(
+    bucket: RefBucket,
+    run_artfs,
+    artfs_env,
+    s3server,
+    gcsserver,
+    azureserver,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An S3 store and a GCS or Azure referent, both configured only in the
+    config file, each service in its own ``[object_store.<service>]`` table:
+    one flat table cannot hold both (S3's ``endpoint`` would be Azure's too,
+    and GCS refuses S3's keys)."""
+    from artfs.config import credentials_warning, load_settings
+
+    uri, want, _ = _put_referents(bucket, tmp_path)
+    config = Path(artfs_env["ARTFS_CONFIG"])
+    config.write_text(
+        f"[object_store]\ntimeout = 30\n"
+        f'[object_store.s3]\nendpoint = "{s3server.endpoint}"\nregion = "{s3server.region}"\n'
+        f'access_key_id = "{s3server.access_key}"\n'
+        f'secret_access_key = "{s3server.secret_key}"\n'
+        f'[object_store.gs]\nservice_account = "{gcsserver.service_account}"\n'
+        f'[object_store.az]\naccount_name = "{azureserver.account}"\n'
+        f'access_key = "{azureserver.key}"\nendpoint = "{azureserver.endpoint}"\n'
+    )
+    config.chmod(0o644)
+    monkeypatch.setenv("ARTFS_CONFIG", str(config))
+    assert "secret_access_key" in (credentials_warning(load_settings()) or "")  # in a sub-table
+    config.chmod(0o600)
+    # Nothing from the environment: no AWS_*, GOOGLE_* or AZURE_* settings.
+    for name in (*s3server.env(), *gcsserver.env(), *azureserver.env()):
+        if name not in ("AWS_METADATA_ENDPOINT", "AWS_EC2_METADATA_DISABLED"):
+            monkeypatch.delitem(artfs_env, name)
+    run_artfs("put", "-n", "proj/c", "--reference", uri)
+    run_artfs("put", "-n", "proj/c", "--reference", uri, "--no-checksum")
+    for version in ("v0", "v1"):
+        run_artfs("get", f"proj/c:{version}", "--root", str(tmp_path / version))
+        assert (tmp_path / version / "weights.bin").read_bytes() == want["weights.bin"]
+
+
 def test_bad_references_are_refused(run_artfs, tmp_path: Path, api: Api, bucket) -> None:
     for uri, why in [
         ("ftp://host/x", "use s3://"),
