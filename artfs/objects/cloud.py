@@ -42,9 +42,9 @@ Configuration, first match wins: the ``options`` argument, the ``[object_store]`
 table of the artfs config file (any obstore store option such as ``endpoint``,
 ``region``, ``access_key_id``, ``service_account``, ``account_name``, plus the
 artfs keys below; keys in its ``[object_store.s3]``, ``.gs`` or ``.az`` table
-apply to that service only, over the flat ones), the usual environment (``AWS_*``, ``GOOGLE_*``,
-``AZURE_*``, ``AZURITE_BLOB_STORAGE_URL``, read by obstore;
-``GOOGLE_APPLICATION_CREDENTIALS`` too), and for S3 the AWS shared files
+apply to that service only, over the flat ones), the usual environment
+(``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``AZURITE_BLOB_STORAGE_URL``, read by
+obstore; ``GOOGLE_APPLICATION_CREDENTIALS`` too), and for S3 the AWS shared files
 (``~/.aws/credentials`` and ``~/.aws/config``, profile from ``AWS_PROFILE`` or
 the ``profile`` option). Plain http is allowed only for an endpoint on
 loopback (S3 ``endpoint``, GCS ``base_url`` or a service account file's

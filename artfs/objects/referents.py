@@ -321,7 +321,8 @@ def _as_headed(scheme: str, bucket: str, store: Any, listed: list[Any]) -> list[
     the one readers compare: GCS lists ETags, not generations, so each object
     is HEADed; Azure lists its ETags without the quotes of a HEAD. obstore
     lists a "dir/" placeholder (0 bytes) as "dir", which no GET finds: a
-    0-byte object a HEAD does not find is skipped (as is one deleted since)."""
+    0-byte object a HEAD does not find is skipped (as is, on GCS, any object
+    deleted between the listing and its HEAD)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def headed(info: Any) -> Any:
