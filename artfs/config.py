@@ -116,7 +116,12 @@ def credentials_warning(settings: Settings) -> str | None:
     table = settings.raw.get("object_store")
     if path is None or not isinstance(table, dict):
         return None
-    secrets = sorted(k for k in table if isinstance(k, str) and k.lower() in SECRET_KEYS)
+    keys = [k for k in table if isinstance(k, str)]
+    for service in ("s3", "gs", "az"):  # a service's own table (objects/cloud.py)
+        sub = table.get(service)
+        if isinstance(sub, dict):
+            keys += [k for k in sub if isinstance(k, str)]
+    secrets = sorted({k for k in keys if k.lower() in SECRET_KEYS})
     if not secrets:
         return None
     try:

@@ -157,23 +157,44 @@ def start_azurite(
     return server, proc
 
 
-def _make_container(server: AzureServer, proc: subprocess.Popen, timeout: float) -> None:
-    target = f"/{server.account}/{server.container}?restype=container"
-
-    def container_made() -> bool:
-        headers = {
-            "Content-Length": "0",
-            "x-ms-date": formatdate(usegmt=True),
-            "x-ms-version": "2021-08-06",
-        }
-        headers["Authorization"] = shared_key("PUT", target, headers)
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-        conn.request("PUT", target, body=b"", headers=headers)
+def _signed_put(server: AzureServer, target: str, data: bytes, **extra: str) -> int:
+    """A SharedKey-signed PUT of ``target`` (path?query); its status."""
+    headers = {
+        "Content-Length": str(len(data)),
+        "x-ms-date": formatdate(usegmt=True),
+        "x-ms-version": "2021-08-06",
+        **extra,
+    }
+    headers["Authorization"] = shared_key("PUT", target, headers)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("PUT", target, body=data, headers=headers)
         resp = conn.getresponse()
         resp.read()
+    finally:
         conn.close()
-        if resp.status not in (201, 409):
-            raise RuntimeError(f"container creation answered {resp.status}")
+    return resp.status
+
+
+def create_container(server: AzureServer, container: str) -> None:
+    """A container on Azurite; one that exists already is fine."""
+    status = _signed_put(server, f"/{server.account}/{container}?restype=container", b"")
+    if status not in (201, 409):
+        raise RuntimeError(f"creation of container {container} answered {status}")
+
+
+def put_raw(server: AzureServer, container: str, name: str, data: bytes) -> None:
+    """A blob whose name is kept literally (obstore drops a trailing ``/``, so a
+    "directory" placeholder such as ``dir/`` is made here)."""
+    target = f"/{server.account}/{container}/{urllib.parse.quote(name)}"
+    status = _signed_put(server, target, data, **{"x-ms-blob-type": "BlockBlob"})
+    if status != 201:
+        raise RuntimeError(f"PUT {container}/{name} answered {status}")
+
+
+def _make_container(server: AzureServer, proc: subprocess.Popen, timeout: float) -> None:
+    def container_made() -> bool:
+        create_container(server, server.container)
         return True
 
     log = server.data_dir / "azurite.log"
@@ -194,3 +215,16 @@ def azureserver(tmp_path_factory: pytest.TempPathFactory):
 def az_url(azureserver: AzureServer) -> str:
     """A fresh, empty store for this test: its own prefix in the session's container."""
     return azureserver.url()
+
+
+# -- a second container, for what lives outside a store (reference entries) --
+
+REFS_CONTAINER = "artfs-refs"
+
+
+@pytest.fixture(scope="session")
+def az_refs_container(azureserver: AzureServer) -> str:
+    """A second container on the session's Azurite, apart from the stores'
+    container: blobs there are referents, not the store's. Returns its name."""
+    create_container(azureserver, REFS_CONTAINER)
+    return REFS_CONTAINER

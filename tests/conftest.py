@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from artfs.api import Api
-from tests.azureserver import az_url, azureserver  # noqa: F401 - fixtures
-from tests.gcsserver import gcs_url, gcsserver  # noqa: F401 - fixtures
+from tests.azureserver import az_refs_container, az_url, azureserver  # noqa: F401 - fixtures
+from tests.gcsserver import gcs_refs_bucket, gcs_url, gcsserver  # noqa: F401 - fixtures
 from tests.mounting import artfs_cli
 from tests.s3server import refs_bucket, s3_url, s3server, ttfb_store  # noqa: F401 - fixtures
 

@@ -104,6 +104,19 @@ class GcsServer:
     def env(self) -> dict[str, str]:
         return {"GOOGLE_SERVICE_ACCOUNT": str(self.service_account)}
 
+    def put_raw(self, bucket: str, name: str, data: bytes) -> None:
+        """An object whose name is kept literally (obstore drops a trailing ``/``,
+        so a "directory" placeholder such as ``dir/`` is made here)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("PUT", f"/{bucket}/{urllib.parse.quote(name)}", body=data)
+            resp = conn.getresponse()
+            resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"PUT {bucket}/{name} answered {resp.status}")
+
     @property
     def auth_log(self) -> Path:
         """The Authorization headers the front saw, one a line (the emulator ignores them)."""
@@ -401,18 +414,21 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float)
     wait_ready(proc, log, f"GCS front on port {port}", answers, timeout=timeout, interval=0.05)
 
 
+def create_bucket(emulator_port: int, bucket: str) -> None:
+    """A bucket on the emulator (JSON API); one that exists already is fine."""
+    conn = http.client.HTTPConnection("127.0.0.1", emulator_port, timeout=5)
+    body = json.dumps({"name": bucket}).encode()
+    conn.request("POST", "/storage/v1/b?project=artfs", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    if resp.status not in (200, 409):
+        raise RuntimeError(f"creation of bucket {bucket} answered {resp.status}")
+
+
 def _wait_and_make_bucket(port: int, proc: subprocess.Popen, data_dir: Path, timeout: float):
     def bucket_made() -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        body = json.dumps({"name": BUCKET}).encode()
-        conn.request(
-            "POST", "/storage/v1/b?project=artfs", body, {"Content-Type": "application/json"}
-        )
-        resp = conn.getresponse()
-        resp.read()
-        conn.close()
-        if resp.status not in (200, 409):
-            raise RuntimeError(f"bucket creation answered {resp.status}")
+        create_bucket(port, BUCKET)
         return True
 
     log = data_dir / "fake-gcs.log"
@@ -433,6 +449,19 @@ def gcsserver(tmp_path_factory: pytest.TempPathFactory):
 def gcs_url(gcsserver: GcsServer) -> str:
     """A fresh, empty store for this test: its own prefix in the session's bucket."""
     return gcsserver.url()
+
+
+# -- a second bucket, for what lives outside a store (reference entries) -----
+
+REFS_BUCKET = "artfs-refs"
+
+
+@pytest.fixture(scope="session")
+def gcs_refs_bucket(gcsserver: GcsServer) -> str:
+    """A second bucket on the session's emulator, apart from the stores' bucket:
+    objects there are referents, not the store's. Returns its name."""
+    create_bucket(gcsserver.emulator_port, REFS_BUCKET)
+    return REFS_BUCKET
 
 
 def main() -> None:

@@ -41,9 +41,10 @@ Guarantees, and how they map onto the service:
 Configuration, first match wins: the ``options`` argument, the ``[object_store]``
 table of the artfs config file (any obstore store option such as ``endpoint``,
 ``region``, ``access_key_id``, ``service_account``, ``account_name``, plus the
-artfs keys below), the usual environment (``AWS_*``, ``GOOGLE_*``,
-``AZURE_*``, ``AZURITE_BLOB_STORAGE_URL``, read by obstore;
-``GOOGLE_APPLICATION_CREDENTIALS`` too), and for S3 the AWS shared files
+artfs keys below; keys in its ``[object_store.s3]``, ``.gs`` or ``.az`` table
+apply to that service only, over the flat ones), the usual environment
+(``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``AZURITE_BLOB_STORAGE_URL``, read by
+obstore; ``GOOGLE_APPLICATION_CREDENTIALS`` too), and for S3 the AWS shared files
 (``~/.aws/credentials`` and ``~/.aws/config``, profile from ``AWS_PROFILE`` or
 the ``profile`` option). Plain http is allowed only for an endpoint on
 loopback (S3 ``endpoint``, GCS ``base_url`` or a service account file's
@@ -155,8 +156,11 @@ def _option_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else value
 
 
-def _config_file_options() -> dict[str, Any]:
-    """The ``[object_store]`` table of the artfs config file, if any."""
+def _config_file_options(service: str) -> dict[str, Any]:
+    """The ``[object_store]`` table of the artfs config file, if any, with its
+    ``[object_store.<service>]`` table (``s3``, ``gs``, ``az``) over it. Each
+    service refuses the others' keys, so one flat table cannot configure an
+    S3 store and a GCS or Azure reference entry's bucket at once."""
     from artfs.config import config_path
 
     path = config_path()
@@ -169,7 +173,12 @@ def _config_file_options() -> dict[str, Any]:
     table = raw.get("object_store", {})
     if not isinstance(table, dict):
         raise StoreError(f"config {path}: [object_store] must be a table")
-    return dict(table)
+    options = {k: v for k, v in table.items() if k not in _SERVICES}
+    for name in _SERVICES:
+        if not isinstance(table.get(name, {}), dict):
+            raise StoreError(f"config {path}: [object_store.{name}] must be a table")
+    options.update(table.get(service, {}))
+    return options
 
 
 def _aws_profile(profile: str | None) -> dict[str, str]:
@@ -294,7 +303,7 @@ class CloudStore(ObjectStore):
         self.url = url
         scheme = url.partition("://")[0]
         # Precedence: the options given, then the environment, then the config file.
-        opts = _config_file_options()
+        opts = _config_file_options(scheme if scheme in _SERVICES else "az")
         if os.environ.get("ARTFS_STORE_TIMEOUT"):
             opts["timeout"] = os.environ["ARTFS_STORE_TIMEOUT"]
         opts.update(options or {})

@@ -288,18 +288,11 @@ class Referents:
                 found = [self.head(uri)]
         elif scheme in _BUCKET_SCHEMES and uri.endswith("/"):
             store, key = self._bucket(uri)
-            found = []
+            listed = []
             for info in store.iter_objects(key):
-                if info.key.endswith("/"):
-                    continue  # a "directory" placeholder object
-                found.append(
-                    Referent(
-                        f"{uri.partition('://')[0]}://{_bucket_of(uri)}/{info.key}",
-                        info.size,
-                        info.etag,
-                    )
-                )
-                _limit(uri, len(found), max_objects)
+                listed.append(info)
+                _limit(uri, len(listed), max_objects)
+            found = _as_headed(scheme, _bucket_of(uri), store, listed)
         elif uri.endswith("/"):
             raise BadReference(f"cannot list {uri}: an https prefix has no listing")
         else:
@@ -321,6 +314,34 @@ class Referents:
                         out.append(Referent(f"file://{full}", st.st_size, _file_etag(st)))
                         _limit(f"file://{root}", len(out), max_objects)
         return out
+
+
+def _as_headed(scheme: str, bucket: str, store: Any, listed: list[Any]) -> list[Referent]:
+    """A listing's objects as referents whose etag is the one a HEAD gives,
+    the one readers compare: GCS lists ETags, not generations, so each object
+    is HEADed; Azure lists its ETags without the quotes of a HEAD. obstore
+    lists a "dir/" placeholder (0 bytes) as "dir", which no GET finds: a
+    0-byte object a HEAD does not find is skipped (as is, on GCS, any object
+    deleted between the listing and its HEAD)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def headed(info: Any) -> Any:
+        if scheme != "gs" and info.size:
+            return info
+        try:
+            return store.head(info.key)
+        except NotFound:
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        infos = [i for i in pool.map(headed, listed) if i is not None]
+    out = []
+    for info in infos:
+        etag = info.etag
+        if scheme == "az" and etag and not etag.startswith('"'):
+            etag = f'"{etag}"'
+        out.append(Referent(f"{scheme}://{bucket}/{info.key}", info.size, etag))
+    return out
 
 
 def _bucket_of(uri: str) -> str:
