@@ -36,7 +36,11 @@ that turns out wrong is discarded and never served again:
   fails (BlobError, EIO in the mount): a referent replaced between two part
   reads is refused at the next part, never mixed into the file. A reference
   with no recorded etag (an older manifest) is not read this way: it is
-  fetched whole and verified before any byte is served.
+  fetched whole and verified before any byte is served. An etag-only
+  reference has no digest: its source names the partial file (``name``),
+  and the complete file is hashed and placed under the digest it turns out
+  to have (``PartSource.placed`` records it); the etag is its only check,
+  as it is for such a reference fetched whole.
 
 ``ensure`` (whole files for the CLI, manifests) always verifies before
 returning.
@@ -56,6 +60,7 @@ from typing import Any, Protocol
 
 from artfs.cache.readers import CHECK_INTERVAL
 from artfs.cache.verify import BlobError, Stamp
+from artfs.digest import digest_fd
 from artfs.objects import NotFound, StoreError
 
 FETCH_WORKERS = 8
@@ -68,6 +73,8 @@ Progress = Callable[[int], None]
 class PartSource(Protocol):
     """Where a lazily fetched file's parts come from."""
 
+    name: str  # the partial file's name and single-flight key: the digest, if known
+    digest: str | None  # what the whole must hash to; None: named by its bytes when complete
     where: str  # for errors and logs: "in the store", "at s3://b/k"
 
     def get_range(self, offset: int, length: int) -> bytes:
@@ -83,6 +90,11 @@ class PartSource(Protocol):
         """The error for a complete file that failed its digest check (``e``)."""
         ...
 
+    def placed(self, digest: str) -> None:
+        """The complete file is in the cache as ``digest`` (a source named by
+        its bytes records that name)."""
+        ...
+
 
 class StoreBlob:
     """A blob of the store, by its content-addressed key."""
@@ -91,6 +103,7 @@ class StoreBlob:
         self._store = store
         self._key = key
         self._digest = digest
+        self.name = self.digest = digest
         self.where = "in the store"
 
     def get_range(self, offset: int, length: int) -> bytes:
@@ -104,6 +117,9 @@ class StoreBlob:
 
     def corrupt(self, e: BlobError) -> BlobError:
         return e
+
+    def placed(self, digest: str) -> None:
+        pass
 
 
 class _Watcher:
@@ -152,15 +168,16 @@ class Partial:
     """One blob being fetched part by part, shared by every reader of it in
     this process. See the module docstring for the on-disk record."""
 
-    def __init__(self, cache: Any, digest: str, size: int, source: PartSource) -> None:
+    def __init__(self, cache: Any, size: int, source: PartSource) -> None:
         self.cache = cache
-        self.digest = digest
+        self.name = source.name
+        self.digest = source.digest  # set when complete, if the source had none
         self.size = size
         self.source = source
         self.part_size = cache.part_size
         self.nparts = (size + self.part_size - 1) // self.part_size
-        self.path = cache.root / "partial" / digest
-        self.record_path = self.path.with_name(digest + ".parts")
+        self.path = cache.root / "partial" / self.name
+        self.record_path = self.path.with_name(self.name + ".parts")
         self.cond = threading.Condition()
         self.state: dict[int, str] = {}  # part -> "queued" | "running"
         self.errors: dict[int, BaseException] = {}
@@ -172,7 +189,7 @@ class Partial:
         self._watchers: list[_Watcher] = []  # progress of complete(), under cond
         header = self._header(self.part_size, size)
         self.header_len = len(header)
-        with cache.single_flight(digest):
+        with cache.single_flight(self.name):
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             self.record = os.open(self.record_path, os.O_RDWR | os.O_CREAT, 0o644)
             old = os.pread(self.record, self.header_len + self.nparts + 1, 0)
@@ -272,7 +289,7 @@ class Partial:
                     if i not in self.state:
                         if i in self.errors:
                             raise self.errors[i]
-                        raise BlobError(f"part {i} of blob {self.digest} was not fetched")
+                        raise BlobError(f"part {i} of {self.name} was not fetched")
                     self.cond.wait()
             if self.failed is not None:
                 raise self.failed
@@ -385,36 +402,51 @@ class Partial:
         self.cache._background(self, self._finalize)
 
     def _finalize(self) -> None:
-        """Hash the complete file; move it into the cache, or discard it."""
+        """Hash the complete file; move it into the cache, or discard it.
+
+        A source with no digest (an etag-only referent, every part pinned to
+        its etag) is named by the hash of its bytes here, and told the name."""
         cache = self.cache
-        dest = cache.path(self.digest)
         try:
-            with cache.single_flight(self.digest):
-                if not dest.exists():
+            with cache.single_flight(self.name):
+                digest = self.digest
+                if digest is None:
                     os.fsync(self.fd)
-                    try:
-                        cache.verify(self.fd, self.digest, self.size, self.source.where)
-                    except BlobError as e:
-                        raise self.source.corrupt(e) from None
-                    try:
-                        cache.place(self.fd, self.path, self.digest, dest)
-                        self.stamp = Stamp.of_fd(self.fd)
-                        with cache._partials_guard:
-                            cache.fetches += 1
-                    except FileNotFoundError:
-                        pass  # another process finished this very file first
-                else:
-                    self.path.unlink(missing_ok=True)
+                    digest, n = digest_fd(self.fd, self.size)
+                    if n != self.size:
+                        raise self.source.wrong(f"is {n} bytes long, not {self.size}")
+                dest = cache.path(digest)
+                # The digest's own lock too, if it is not the name's (a fill of it).
+                same = digest == self.name
+                with contextlib.nullcontext() if same else cache.single_flight(digest):
+                    if not dest.exists():
+                        os.fsync(self.fd)
+                        if self.digest is not None:
+                            try:
+                                cache.verify(self.fd, digest, self.size, self.source.where)
+                            except BlobError as e:
+                                raise self.source.corrupt(e) from None
+                        try:
+                            cache.place(self.fd, self.path, digest, dest)
+                            self.stamp = Stamp.of_fd(self.fd)
+                            with cache._partials_guard:
+                                cache.fetches += 1
+                        except FileNotFoundError:
+                            pass  # another process finished this very file first
+                    else:
+                        self.path.unlink(missing_ok=True)
+                self.digest = digest
                 self.record_path.unlink(missing_ok=True)
+            self.source.placed(digest)
         except BaseException as e:
             with self.cond:
                 self.failed = (
                     e
                     if isinstance(e, StoreError)
-                    else BlobError(f"blob {self.digest}: cannot complete its fetch: {e}")
+                    else BlobError(f"{self.name}: cannot complete its fetch: {e}")
                 )
             cache._forget_partial(self)
-            with cache.single_flight(self.digest):
+            with cache.single_flight(self.name):
                 self.path.unlink(missing_ok=True)
                 self.record_path.unlink(missing_ok=True)
         finally:

@@ -27,14 +27,16 @@ eviction, pins).
   per key (``BlobCache.fill``), ``verify``, then ``BlobCache.place``.
 - With only an etag (``checksum=False``): every open first asks the URI for
   its etag (HEAD) and refuses, with BlobError, an object whose etag or size
-  is not the one committed, or that vanished. The bytes are fetched whole,
-  with that etag as a condition (``If-Match``), and hashed as they land; the
+  is not the one committed, or that vanished. The bytes are fetched with
+  that etag as a condition (``If-Match``) and hashed once complete; the
   cache keeps them under their own digest, and ``refs/<xxh128 of URI NUL
   etag>`` names that digest, so a second open of the same (URI, etag) is a
   HEAD and a cache hit, and an object with another etag never reaches those
-  bytes. Not read part by part: without a digest there is no name for the
-  partial file and nothing to check its parts against until the whole is
-  there (a lazy path would hash at completion and map then; not built).
+  bytes. One larger than a part is read part by part as above, the partial
+  file named ``partial/ref-<xxh128>`` until it is complete, hashed, placed
+  under its digest and mapped (``ReferentParts.placed``); its parts are
+  served before that on the strength of the etag pin alone, which is all an
+  etag-only reference ever promises. A smaller one is fetched whole.
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ class ReferentParts:
     """The parts of one referent as committed: a ``PartSource`` whose every
     range is pinned to the recorded etag."""
 
-    def __init__(self, referents: Referents, uri: str, etag: str, digest: str) -> None:
+    def __init__(
+        self, referents: Referents, uri: str, etag: str, digest: str | None, mapping: Path | None
+    ) -> None:
         self._referents = referents
         self._uri = uri
         self._etag = etag
-        self._digest = digest
+        self._mapping = mapping
+        self.digest = digest
+        self.name = digest or _ref_key(uri, etag)
         self.where = f"at {uri}"
 
     def get_range(self, offset: int, length: int) -> bytes:
@@ -93,8 +99,12 @@ class ReferentParts:
     def corrupt(self, e: BlobError) -> BlobError:
         return BlobError(
             f"reference {self._uri} changed since the commit (its bytes no longer "
-            f"hash to {self._digest})"
+            f"hash to {self.digest})"
         )
+
+    def placed(self, digest: str) -> None:
+        if self._mapping is not None:  # etag-only: (URI, etag) now names ``digest``
+            _map(self._mapping, digest)
 
 
 def open_reference(cache: BlobCache, referents: Referents, entry: Entry) -> BlobReader:
@@ -127,7 +137,7 @@ def _open(
     if entry.digest is not None:
         return _open_checksummed(cache, referents, entry, uri, entry.digest, lazy)
     assert entry.etag is not None  # the manifest refuses a reference with neither
-    return _open_by_etag(cache, referents, entry, uri, entry.etag)
+    return _open_by_etag(cache, referents, entry, uri, entry.etag, lazy)
 
 
 def _open_checksummed(
@@ -140,10 +150,10 @@ def _open_checksummed(
     cache.counters.miss()
     parts = _parts(referents, entry, uri, digest) if entry.size > cache.part_size else None
     if parts is not None and lazy:
-        return cache.open_lazy(digest, entry.size, parts)
+        return cache.open_lazy(entry.size, parts)
     for _ in range(3):
         if parts is not None:
-            cache.fill_parts(digest, entry.size, parts)
+            cache.fill_parts(entry.size, parts)
         else:
             cache.fill(digest, lambda: _fetch(cache, referents, uri, None, entry.size, digest))
         reader = cache.open_cached(digest, entry.size)
@@ -166,12 +176,12 @@ def _parts(referents: Referents, entry: Entry, uri: str, digest: str) -> Referen
         raise BlobError(f"reference {uri} cannot be read: {e}") from None
     if now.etag != entry.etag or now.size != entry.size:
         return None
-    return ReferentParts(referents, uri, entry.etag, digest)
+    return ReferentParts(referents, uri, entry.etag, digest, None)
 
 
 def _open_by_etag(
-    cache: BlobCache, referents: Referents, entry: Entry, uri: str, etag: str
-) -> BlobReader:
+    cache: BlobCache, referents: Referents, entry: Entry, uri: str, etag: str, lazy: bool
+) -> BlobReader | LazyBlobReader:
     try:
         now = referents.head(uri)
     except NotFound:
@@ -193,6 +203,13 @@ def _open_by_etag(
                 cache.counters.hit()
                 return reader
         cache.counters.miss()
+        if entry.size > cache.part_size:
+            # Part by part, each pinned to the etag; named by its hash when complete.
+            parts = ReferentParts(referents, uri, etag, None, mapping)
+            if lazy:
+                return cache.open_lazy(entry.size, parts)
+            cache.fill_parts(entry.size, parts)
+            continue
         with cache.single_flight(key):
             digest = _mapped(mapping)
             if digest is None or not cache.path(digest).exists():

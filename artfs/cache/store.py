@@ -160,22 +160,23 @@ class BlobCache:
         self.counters.miss()
         if size <= self.part_size:
             return self._fetch_and_open(digest, size)
-        return self.open_lazy(digest, size, self._source(digest))
+        return self.open_lazy(size, self._source(digest))
 
-    def open_lazy(self, digest: str, size: int, source: PartSource) -> BlobReader | LazyBlobReader:
-        """A reader of ``digest`` (``size`` bytes, more than one part) whose
-        reads wait only for the parts they touch, fetched from ``source``
-        (partial.py), or of the cache entry if it is complete already. Every
-        reader of one digest in this process shares one set of part fetches
-        (the source of the first one). Blocking."""
+    def open_lazy(self, size: int, source: PartSource) -> BlobReader | LazyBlobReader:
+        """A reader of ``size`` bytes (more than one part) whose reads wait
+        only for the parts they touch, fetched from ``source`` (partial.py),
+        or of the cache entry if ``source.digest`` is complete already. Every
+        reader of one ``source.name`` in this process shares one set of part
+        fetches (the source of the first one). Blocking."""
         for _ in range(3):
-            partial = self._acquire_partial(digest, size, source)
+            partial = self._acquire_partial(size, source)
             if partial is not None:
                 return LazyBlobReader(self, partial)
-            reader = self.open_cached(digest, size)  # completed by someone else meanwhile
+            assert source.digest is not None  # only a known digest is found complete
+            reader = self.open_cached(source.digest, size)  # completed meanwhile
             if reader is not None:
                 return reader
-        raise BlobError(f"blob {digest} vanished from the cache (evicted as soon as fetched)")
+        raise BlobError(f"{source.name} vanished from the cache (evicted as soon as fetched)")
 
     def _source(self, digest: str) -> StoreBlob:
         return StoreBlob(self.store, self._key_for(digest), digest)
@@ -306,7 +307,7 @@ class BlobCache:
         if size is None:
             size = Partial.recorded_size(self.root / "partial" / digest)
         if size is not None and size > self.part_size:
-            return self.fill_parts(digest, size, self._source(digest), progress)
+            return self.fill_parts(size, self._source(digest), progress)
         self.fill(digest, lambda: self._download(digest, dest))
         if progress is not None:
             with contextlib.suppress(OSError):
@@ -325,23 +326,23 @@ class BlobCache:
         self.grew(dest)
         return dest
 
-    def fill_parts(
-        self, digest: str, size: int, source: PartSource, progress: Progress | None = None
-    ) -> Path:
-        """Put ``digest`` (``size`` bytes, more than one part) in the cache by
-        fetching its parts from ``source`` in parallel, completing whatever a
-        lazy reader fetched before, then verifying it (partial.py);
+    def fill_parts(self, size: int, source: PartSource, progress: Progress | None = None) -> Path:
+        """Put ``size`` bytes (more than one part) in the cache by fetching
+        their parts from ``source`` in parallel, completing whatever a lazy
+        reader fetched before, then verifying them against ``source.digest``
+        (or naming them by their hash, if it has none; partial.py);
         ``progress`` as for ``ensure``. The cache entry's path."""
-        partial = self._acquire_partial(digest, size, source)
+        digest = source.digest
+        partial = self._acquire_partial(size, source)
         if partial is not None:
             try:
                 partial.complete(progress)
+                digest = partial.digest
             finally:
                 self._release_partial(partial)
-        dest = self.path(digest)
-        if not dest.exists():
-            raise BlobError(f"blob {digest} vanished from the cache")
-        return dest
+        if digest is None or not self.path(digest).exists():
+            raise BlobError(f"{source.name} vanished from the cache")
+        return self.path(digest)
 
     def _download(self, digest: str, dest: Path) -> None:
         key = self._key_for(digest)
@@ -380,24 +381,26 @@ class BlobCache:
 
     # -- partial blobs --------------------------------------------------------
 
-    def _acquire_partial(self, digest: str, size: int, source: PartSource) -> Partial | None:
-        """The shared partial fetch of ``digest`` (one reference more; a new one
-        fetches from ``source``), or None if the blob is in the cache already."""
+    def _acquire_partial(self, size: int, source: PartSource) -> Partial | None:
+        """The shared partial fetch of ``source.name`` (one reference more; a new
+        one fetches from ``source``), or None if ``source.digest`` is in the
+        cache already."""
+        name = source.name
         with self._partials_guard:
-            p = self._partials.get(digest)
+            p = self._partials.get(name)
             if p is not None and p.failed is None:
                 p.refs += 1
                 return p
-        if self.path(digest).exists():
+        if source.digest is not None and self.path(source.digest).exists():
             return None
-        fresh = Partial(self, digest, size, source)
+        fresh = Partial(self, size, source)
         with self._partials_guard:
-            p = self._partials.get(digest)
+            p = self._partials.get(name)
             if p is not None and p.failed is None:
                 p.refs += 1
                 fresh.close_files()
                 return p
-            self._partials[digest] = fresh
+            self._partials[name] = fresh
             fresh.refs = 1
         fresh.maybe_finalize()
         return fresh
@@ -407,15 +410,15 @@ class BlobCache:
             partial.refs -= 1
             if partial.refs > 0:
                 return
-            if self._partials.get(partial.digest) is partial:
-                del self._partials[partial.digest]
+            if self._partials.get(partial.name) is partial:
+                del self._partials[partial.name]
         partial.close_files()
 
     def _forget_partial(self, partial: Partial) -> None:
         """A failed partial fetch: the next open of the blob starts afresh."""
         with self._partials_guard:
-            if self._partials.get(partial.digest) is partial:
-                del self._partials[partial.digest]
+            if self._partials.get(partial.name) is partial:
+                del self._partials[partial.name]
 
     def _background(self, partial: Partial, fn: Callable[[], None]) -> None:
         """Run ``fn`` on a fetch worker, holding a reference to ``partial``."""
