@@ -410,18 +410,20 @@ class Partial:
         try:
             with cache.single_flight(self.name):
                 digest = self.digest
+                known = digest is not None  # else named by its hash, nothing to check
                 if digest is None:
                     os.fsync(self.fd)
                     digest, n = digest_fd(self.fd, self.size)
                     if n != self.size:
                         raise self.source.wrong(f"is {n} bytes long, not {self.size}")
+                self.digest = digest  # before ``stamp`` is set: ``recheck`` needs it
                 dest = cache.path(digest)
                 # The digest's own lock too, if it is not the name's (a fill of it).
                 same = digest == self.name
                 with contextlib.nullcontext() if same else cache.single_flight(digest):
                     if not dest.exists():
                         os.fsync(self.fd)
-                        if self.digest is not None:
+                        if known:
                             try:
                                 cache.verify(self.fd, digest, self.size, self.source.where)
                             except BlobError as e:
@@ -435,7 +437,6 @@ class Partial:
                             pass  # another process finished this very file first
                     else:
                         self.path.unlink(missing_ok=True)
-                self.digest = digest
                 self.record_path.unlink(missing_ok=True)
             self.source.placed(digest)
         except BaseException as e:
