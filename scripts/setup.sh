@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for pkg in fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync attr systemd; do
+for pkg in fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc rsync attr systemd openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -16,12 +16,34 @@ then one byte per part, set once that part's bytes are durable). So:
   blob (open readers keep reading the same inode), else it is discarded and
   every further read of it raises BlobError.
 
+Where the parts come from is a ``PartSource``: ``get_range(offset, length)``
+plus words for errors. ``StoreBlob`` is a blob of the store (its
+content-addressed key); a reference entry's referent outside the store is
+another (``artfs.cache.referents.ReferentParts``). Both share this one lazy
+path: sparse file, record, readahead, verification at the end.
+
 A part served before the whole is verified cannot be verified on its own:
-the digest covers the whole blob. What makes that acceptable is that parts
-come from an immutable, content-addressed key (all from one object, whose
-size must match), and a blob that turns out wrong is discarded and never
-served again. ``ensure`` (whole files for the CLI, manifests) always
-verifies before returning.
+the digest covers the whole blob. What makes that acceptable is that every
+part comes from one immutable object, whose size must match, and a file
+that turns out wrong is discarded and never served again:
+
+- a store blob: an immutable, content-addressed key;
+- a referent: every range is pinned to the object as committed, by the etag
+  the manifest recorded (``If-Match`` on S3, Azure and https, the generation
+  on GCS, the stat etag of a file; the etag of each answer is compared as
+  well, for servers that ignore ``If-Match``). Under one etag an object is
+  immutable, so the parts are the committed object's bytes or the range
+  fails (BlobError, EIO in the mount): a referent replaced between two part
+  reads is refused at the next part, never mixed into the file. A reference
+  with no recorded etag (an older manifest) is not read this way: it is
+  fetched whole and verified before any byte is served. An etag-only
+  reference has no digest: its source names the partial file (``name``),
+  and the complete file is hashed and placed under the digest it turns out
+  to have (``PartSource.placed`` records it); the etag is its only check,
+  as it is for such a reference fetched whole.
+
+``ensure`` (whole files for the CLI, manifests) always verifies before
+returning.
 """
 
 from __future__ import annotations
@@ -34,10 +56,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from artfs.cache.readers import CHECK_INTERVAL
 from artfs.cache.verify import BlobError, Stamp
+from artfs.digest import digest_fd
 from artfs.objects import NotFound, StoreError
 
 FETCH_WORKERS = 8
@@ -45,6 +68,58 @@ _RECORD_VERSION = 1
 _PRESENT = b"\x01"
 # Called with the bytes of a blob fetched so far (see ``Partial.complete``).
 Progress = Callable[[int], None]
+
+
+class PartSource(Protocol):
+    """Where a lazily fetched file's parts come from."""
+
+    name: str  # the partial file's name and single-flight key: the digest, if known
+    digest: str | None  # what the whole must hash to; None: named by its bytes when complete
+    where: str  # for errors and logs: "in the store", "at s3://b/k"
+
+    def get_range(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of the one object this source is
+        pinned to; BlobError (gone, changed) or StoreError (cannot ask)."""
+        ...
+
+    def wrong(self, why: str) -> BlobError:
+        """The error for a part that came back wrong (``why``: how)."""
+        ...
+
+    def corrupt(self, e: BlobError) -> BlobError:
+        """The error for a complete file that failed its digest check (``e``)."""
+        ...
+
+    def placed(self, digest: str) -> None:
+        """The complete file is in the cache as ``digest`` (a source named by
+        its bytes records that name)."""
+        ...
+
+
+class StoreBlob:
+    """A blob of the store, by its content-addressed key."""
+
+    def __init__(self, store: Any, key: str, digest: str) -> None:
+        self._store = store
+        self._key = key
+        self._digest = digest
+        self.name = self.digest = digest
+        self.where = "in the store"
+
+    def get_range(self, offset: int, length: int) -> bytes:
+        try:
+            return self._store.get_range(self._key, offset, length)  # type: ignore[no-any-return]
+        except NotFound:
+            raise BlobError(f"blob {self._digest} is missing from the store") from None
+
+    def wrong(self, why: str) -> BlobError:
+        return BlobError(f"blob {self._digest} in the store {why}")
+
+    def corrupt(self, e: BlobError) -> BlobError:
+        return e
+
+    def placed(self, digest: str) -> None:
+        pass
 
 
 class _Watcher:
@@ -93,15 +168,16 @@ class Partial:
     """One blob being fetched part by part, shared by every reader of it in
     this process. See the module docstring for the on-disk record."""
 
-    def __init__(self, cache: Any, digest: str, size: int) -> None:
+    def __init__(self, cache: Any, size: int, source: PartSource) -> None:
         self.cache = cache
-        self.digest = digest
+        self.name = source.name
+        self.digest = source.digest  # set when complete, if the source had none
         self.size = size
-        self.key = cache._key_for(digest)
+        self.source = source
         self.part_size = cache.part_size
         self.nparts = (size + self.part_size - 1) // self.part_size
-        self.path = cache.root / "partial" / digest
-        self.record_path = self.path.with_name(digest + ".parts")
+        self.path = cache.root / "partial" / self.name
+        self.record_path = self.path.with_name(self.name + ".parts")
         self.cond = threading.Condition()
         self.state: dict[int, str] = {}  # part -> "queued" | "running"
         self.errors: dict[int, BaseException] = {}
@@ -113,7 +189,7 @@ class Partial:
         self._watchers: list[_Watcher] = []  # progress of complete(), under cond
         header = self._header(self.part_size, size)
         self.header_len = len(header)
-        with cache.single_flight(digest):
+        with cache.single_flight(self.name):
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             self.record = os.open(self.record_path, os.O_RDWR | os.O_CREAT, 0o644)
             old = os.pread(self.record, self.header_len + self.nparts + 1, 0)
@@ -213,7 +289,7 @@ class Partial:
                     if i not in self.state:
                         if i in self.errors:
                             raise self.errors[i]
-                        raise BlobError(f"part {i} of blob {self.digest} was not fetched")
+                        raise BlobError(f"part {i} of {self.name} was not fetched")
                     self.cond.wait()
             if self.failed is not None:
                 raise self.failed
@@ -225,20 +301,17 @@ class Partial:
         try:
             # Another process may have fetched it into the same file meanwhile.
             if os.pread(self.record, 1, self.header_len + i) != _PRESENT:
-                try:
-                    data = self.cache.store.get_range(self.key, offset, length)
-                except NotFound:
-                    raise BlobError(f"blob {self.digest} is missing from the store") from None
+                data = self.source.get_range(offset, length)
                 if len(data) != length:
-                    raise BlobError(
-                        f"blob {self.digest} in the store is not {self.size} bytes long "
+                    raise self.source.wrong(
+                        f"is not {self.size} bytes long "
                         f"(part {i} came back with {len(data)} of {length} bytes)"
                     )
                 self.cache.writing(lambda: self._write(data, offset))
                 os.pwrite(self.record, _PRESENT, self.header_len + i)
                 with self.cache._partials_guard:
                     self.cache.part_fetches += 1
-                self.cache._grew(self.path, length)
+                self.cache.grew(self.path, length)
         except BaseException as e:
             with self.cond:
                 self.state.pop(i, None)
@@ -329,33 +402,52 @@ class Partial:
         self.cache._background(self, self._finalize)
 
     def _finalize(self) -> None:
-        """Hash the complete file; move it into the cache, or discard it."""
+        """Hash the complete file; move it into the cache, or discard it.
+
+        A source with no digest (an etag-only referent, every part pinned to
+        its etag) is named by the hash of its bytes here, and told the name."""
         cache = self.cache
-        dest = cache.path(self.digest)
         try:
-            with cache.single_flight(self.digest):
-                if not dest.exists():
+            with cache.single_flight(self.name):
+                digest = self.digest
+                known = digest is not None  # else named by its hash, nothing to check
+                if digest is None:
                     os.fsync(self.fd)
-                    cache.verify(self.fd, self.digest, self.size, "in the store")
-                    try:
-                        cache._place(self.fd, self.path, self.digest, dest)
-                        self.stamp = Stamp.of_fd(self.fd)
-                        with cache._partials_guard:
-                            cache.fetches += 1
-                    except FileNotFoundError:
-                        pass  # another process finished this very file first
-                else:
-                    self.path.unlink(missing_ok=True)
+                    digest, n = digest_fd(self.fd, self.size)
+                    if n != self.size:
+                        raise self.source.wrong(f"is {n} bytes long, not {self.size}")
+                self.digest = digest  # before ``stamp`` is set: ``recheck`` needs it
+                dest = cache.path(digest)
+                # The digest's own lock too, if it is not the name's (a fill of it).
+                same = digest == self.name
+                with contextlib.nullcontext() if same else cache.single_flight(digest):
+                    if not dest.exists():
+                        os.fsync(self.fd)
+                        if known:
+                            try:
+                                cache.verify(self.fd, digest, self.size, self.source.where)
+                            except BlobError as e:
+                                raise self.source.corrupt(e) from None
+                        try:
+                            cache.place(self.fd, self.path, digest, dest)
+                            self.stamp = Stamp.of_fd(self.fd)
+                            with cache._partials_guard:
+                                cache.fetches += 1
+                        except FileNotFoundError:
+                            pass  # another process finished this very file first
+                    else:
+                        self.path.unlink(missing_ok=True)
                 self.record_path.unlink(missing_ok=True)
+            self.source.placed(digest)
         except BaseException as e:
             with self.cond:
                 self.failed = (
                     e
                     if isinstance(e, StoreError)
-                    else BlobError(f"blob {self.digest}: cannot complete its fetch: {e}")
+                    else BlobError(f"{self.name}: cannot complete its fetch: {e}")
                 )
             cache._forget_partial(self)
-            with cache.single_flight(self.digest):
+            with cache.single_flight(self.name):
                 self.path.unlink(missing_ok=True)
                 self.record_path.unlink(missing_ok=True)
         finally:

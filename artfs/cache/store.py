@@ -22,7 +22,15 @@ from pathlib import Path
 
 from artfs.cache import eviction
 from artfs.cache.counters import Counters
-from artfs.cache.partial import FETCH_WORKERS, LazyBlobReader, Partial, Progress, Workers
+from artfs.cache.partial import (
+    FETCH_WORKERS,
+    LazyBlobReader,
+    Partial,
+    PartSource,
+    Progress,
+    StoreBlob,
+    Workers,
+)
 from artfs.cache.readers import BlobReader
 from artfs.cache.stamps import StampBook
 from artfs.cache.verify import BlobError, Stamp, verify_fd
@@ -145,24 +153,40 @@ class BlobCache:
         local = self.store.local_path(self._key_for(digest))
         if local is not None:
             return self._open_local(digest, size, local)
-        reader = self._open_cached(digest, size)
+        reader = self.open_cached(digest, size)
         if reader is not None:
             self.counters.hit()
             return reader
         self.counters.miss()
         if size <= self.part_size:
             return self._fetch_and_open(digest, size)
-        partial = self._acquire_partial(digest, size)
-        if partial is None:  # completed by someone else meanwhile
-            return self.open_reader(digest, size)
-        return LazyBlobReader(self, partial)
+        return self.open_lazy(size, self._source(digest))
+
+    def open_lazy(self, size: int, source: PartSource) -> BlobReader | LazyBlobReader:
+        """A reader of ``size`` bytes (more than one part) whose reads wait
+        only for the parts they touch, fetched from ``source`` (partial.py),
+        or of the cache entry if ``source.digest`` is complete already. Every
+        reader of one ``source.name`` in this process shares one set of part
+        fetches (the source of the first one). Blocking."""
+        for _ in range(3):
+            partial = self._acquire_partial(size, source)
+            if partial is not None:
+                return LazyBlobReader(self, partial)
+            assert source.digest is not None  # only a known digest is found complete
+            reader = self.open_cached(source.digest, size)  # completed meanwhile
+            if reader is not None:
+                return reader
+        raise BlobError(f"{source.name} vanished from the cache (evicted as soon as fetched)")
+
+    def _source(self, digest: str) -> StoreBlob:
+        return StoreBlob(self.store, self._key_for(digest), digest)
 
     def open_verified(
         self, digest: str, size: int | None = None, progress: Progress | None = None
     ) -> BlobReader:
         """A pinned reader of the whole, verified blob in the cache (fetched if
         need be; ``progress`` as for ``ensure``)."""
-        reader = self._open_cached(digest, size)
+        reader = self.open_cached(digest, size)
         if reader is not None:
             self.counters.hit()
             return reader
@@ -174,7 +198,7 @@ class BlobCache:
     ) -> BlobReader:
         for _ in range(3):
             self.ensure(digest, size, progress)
-            reader = self._open_cached(digest, size)
+            reader = self.open_cached(digest, size)
             if reader is not None:
                 return reader
         raise BlobError(f"blob {digest} vanished from the cache (evicted as soon as fetched)")
@@ -251,7 +275,7 @@ class BlobCache:
     def _local_restamp(self, digest: str, stamp: Stamp) -> None:
         self._local_stamps[digest] = stamp
 
-    def _open_cached(self, digest: str, size: int | None) -> BlobReader | None:
+    def open_cached(self, digest: str, size: int | None) -> BlobReader | None:
         """A pinned reader of the cache entry, if there is one that is right.
 
         An entry whose stamp does not match is hashed again: kept (and
@@ -318,22 +342,14 @@ class BlobCache:
         parts arrive (a blob of one part: once, when it is there).
         """
         dest = self.path(digest)
-        reader = self._open_cached(digest, size)
+        reader = self.open_cached(digest, size)
         if reader is not None:
             reader.close()
             return dest
         if size is None:
             size = Partial.recorded_size(self.root / "partial" / digest)
         if size is not None and size > self.part_size:
-            partial = self._acquire_partial(digest, size)
-            if partial is not None:
-                try:
-                    partial.complete(progress)
-                finally:
-                    self._release_partial(partial)
-            if not dest.exists():
-                raise BlobError(f"blob {digest} vanished from the cache")
-            return dest
+            return self.fill_parts(size, self._source(digest), progress)
         self.fill(digest, lambda: self._download(digest, dest))
         if progress is not None:
             with contextlib.suppress(OSError):
@@ -342,15 +358,33 @@ class BlobCache:
 
     def fill(self, digest: str, fetch: Callable[[], None]) -> Path:
         """Put ``digest`` in the cache by ``fetch`` (which places it, verified,
-        with ``_place``), once across threads and processes; a full disk
+        with ``place``), once across threads and processes; a full disk
         evicts and retries (``writing``), and the size limit applies after."""
         dest = self.path(digest)
         with self.single_flight(digest):
             if dest.exists():
                 return dest
             self.writing(fetch)
-        self._grew(dest)
+        self.grew(dest)
         return dest
+
+    def fill_parts(self, size: int, source: PartSource, progress: Progress | None = None) -> Path:
+        """Put ``size`` bytes (more than one part) in the cache by fetching
+        their parts from ``source`` in parallel, completing whatever a lazy
+        reader fetched before, then verifying them against ``source.digest``
+        (or naming them by their hash, if it has none; partial.py);
+        ``progress`` as for ``ensure``. The cache entry's path."""
+        digest = source.digest
+        partial = self._acquire_partial(size, source)
+        if partial is not None:
+            try:
+                partial.complete(progress)
+                digest = partial.digest
+            finally:
+                self._release_partial(partial)
+        if digest is None or not self.path(digest).exists():
+            raise BlobError(f"{source.name} vanished from the cache")
+        return self.path(digest)
 
     def _download(self, digest: str, dest: Path) -> None:
         key = self._key_for(digest)
@@ -364,12 +398,12 @@ class BlobCache:
                 out.flush()
                 os.fsync(out.fileno())
                 self.verify(out.fileno(), digest, None, "in the store")
-                self._place(out.fileno(), tmp, digest, dest)
+                self.place(out.fileno(), tmp, digest, dest)
             self.fetches += 1
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _place(self, fd: int, tmp: Path, digest: str, dest: Path) -> None:
+    def place(self, fd: int, tmp: Path, digest: str, dest: Path) -> None:
         """Move a verified temporary file into place, read-only, and stamp it."""
         os.fchmod(fd, 0o444)
         dest.parent.mkdir(exist_ok=True)
@@ -389,24 +423,26 @@ class BlobCache:
 
     # -- partial blobs --------------------------------------------------------
 
-    def _acquire_partial(self, digest: str, size: int) -> Partial | None:
-        """The shared partial fetch of ``digest`` (one reference more), or None
-        if the blob is in the cache already."""
+    def _acquire_partial(self, size: int, source: PartSource) -> Partial | None:
+        """The shared partial fetch of ``source.name`` (one reference more; a new
+        one fetches from ``source``), or None if ``source.digest`` is in the
+        cache already."""
+        name = source.name
         with self._partials_guard:
-            p = self._partials.get(digest)
+            p = self._partials.get(name)
             if p is not None and p.failed is None:
                 p.refs += 1
                 return p
-        if self.path(digest).exists():
+        if source.digest is not None and self.path(source.digest).exists():
             return None
-        fresh = Partial(self, digest, size)
+        fresh = Partial(self, size, source)
         with self._partials_guard:
-            p = self._partials.get(digest)
+            p = self._partials.get(name)
             if p is not None and p.failed is None:
                 p.refs += 1
                 fresh.close_files()
                 return p
-            self._partials[digest] = fresh
+            self._partials[name] = fresh
             fresh.refs = 1
         fresh.maybe_finalize()
         return fresh
@@ -416,15 +452,15 @@ class BlobCache:
             partial.refs -= 1
             if partial.refs > 0:
                 return
-            if self._partials.get(partial.digest) is partial:
-                del self._partials[partial.digest]
+            if self._partials.get(partial.name) is partial:
+                del self._partials[partial.name]
         partial.close_files()
 
     def _forget_partial(self, partial: Partial) -> None:
         """A failed partial fetch: the next open of the blob starts afresh."""
         with self._partials_guard:
-            if self._partials.get(partial.digest) is partial:
-                del self._partials[partial.digest]
+            if self._partials.get(partial.name) is partial:
+                del self._partials[partial.name]
 
     def _background(self, partial: Partial, fn: Callable[[], None]) -> None:
         """Run ``fn`` on a fetch worker, holding a reference to ``partial``."""
@@ -457,12 +493,12 @@ class BlobCache:
                         out.write(chunk)
                     out.flush()
                     self.verify(out.fileno(), digest, None, f"copied from {path}")
-                    self._place(out.fileno(), tmp, digest, dest)
+                    self.place(out.fileno(), tmp, digest, dest)
             finally:
                 tmp.unlink(missing_ok=True)
 
         self.writing(copy)
-        self._grew(dest)
+        self.grew(dest)
 
     def writing(self, write: Callable[[], None]) -> None:
         """Run ``write`` (which adds to the cache's disk); if the disk is full,
@@ -491,7 +527,9 @@ class BlobCache:
         log.info("cache disk full: evicted %d entries (%d bytes)", result.removed, result.freed)
         return result.removed > 0
 
-    def _grew(self, added: Path, nbytes: int | None = None) -> None:
+    def grew(self, added: Path, nbytes: int | None = None) -> None:
+        """``nbytes`` (default: the file's size) were just added to the cache at
+        ``added``: evict least recently used entries past the size limit."""
         eviction.grew(self, added, nbytes)
 
     def size(self) -> int:

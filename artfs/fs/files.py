@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from artfs.cache import BlobCache, BlobError
-from artfs.cache.referents import open_reference
+from artfs.cache.referents import open_reference_lazy
 from artfs.manifest import Entry
 from artfs.objects import ObjectStore
 from artfs.objects.referents import Referents
@@ -306,8 +306,9 @@ class BlobOpener:
 
     def open_reference(self, entry: Entry) -> Reader:
         """A reader of a reference entry: fetched from its URI into the cache
-        on a miss; BlobError if the object changed or vanished since the commit."""
-        reader = open_reference(self.cache, self.referents, entry)
+        on a miss (a large one part by part, as reads need them); BlobError if
+        the object changed or vanished since the commit."""
+        reader = open_reference_lazy(self.cache, self.referents, entry)
         return self._small_in_memory(reader, entry.size, f"reference {entry.ref}")
 
     def _small_in_memory(self, reader: Reader, size: int, what: str) -> Reader:

@@ -54,7 +54,10 @@ loopback (S3 ``endpoint``, GCS ``base_url`` or a service account file's
 artfs keys: ``timeout`` (seconds an operation may take, retries included;
 also ``ARTFS_STORE_TIMEOUT``), ``request_timeout``, ``connect_timeout``,
 ``multipart_threshold``, ``part_size``, ``max_concurrency``, ``allow_http``,
-``profile``.
+``profile``, ``root_certificate_file`` (a PEM file of CA certificates to
+trust for https besides the system's, for a service or an https referent
+behind a private CA; ``tls_client_options``; ``SSL_CERT_FILE``, which
+obstore's TLS stack reads, replaces the system's instead).
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "part_size": 16 << 20,
     "max_concurrency": 8,
 }
-_ARTFS_KEYS = {*DEFAULTS, "allow_http", "profile"}
+_ARTFS_KEYS = {*DEFAULTS, "allow_http", "profile", "root_certificate_file"}
 MiB = 1 << 20
 _DOWNLOAD_CHUNK = 8 << 20
 _PROBE_PREFIX = ".artfs-probe/"
@@ -179,6 +182,25 @@ def _config_file_options(service: str) -> dict[str, Any]:
             raise StoreError(f"config {path}: [object_store.{name}] must be a table")
     options.update(table.get(service, {}))
     return options
+
+
+def tls_client_options(options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """obstore client options for the ``root_certificate_file`` artfs key
+    (``options``, else the config file's ``[object_store]``): the PEM text as
+    ``root_certificate``, added to the system's trusted roots. StoreError if
+    the file cannot be read or holds no certificate."""
+    path = (options or {}).get("root_certificate_file")
+    if path is None:
+        path = _config_file_options().get("root_certificate_file")
+    if path is None:
+        return {}
+    try:
+        pem = Path(str(path)).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"cannot read root_certificate_file {path}: {e}") from None
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise StoreError(f"root_certificate_file {path} holds no PEM certificate")
+    return {"root_certificate": pem}
 
 
 def _aws_profile(profile: str | None) -> dict[str, str]:
@@ -351,6 +373,7 @@ class CloudStore(ObjectStore):
             "allow_http": _as_bool(allow_http),
             "timeout": timedelta(seconds=request_timeout),
             "connect_timeout": timedelta(seconds=connect_timeout),
+            **tls_client_options(artfs_opts),
         }
         # obstore retries within a third of the deadline; _call retries the
         # rest only while a whole such window still fits, so an operation
@@ -504,9 +527,17 @@ class CloudStore(ObjectStore):
             return data, self.head(key).etag
         return data, self._tag(meta)
 
-    def get_range(self, key: str, start: int, length: int) -> bytes:
+    def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes:
+        """``length`` bytes at ``start``; with ``if_match`` (a tag ``head`` gave),
+        only of the object with that tag, else PreconditionFailed (for reference
+        entries: S3 and Azure send ``If-Match``; GCS compares the generation
+        of the answer; every service compares the answer's tag too)."""
         if length <= 0:
             return b""
+        if if_match is not None:
+            return self._call(
+                "get_range", key, lambda: self._get_range_of(key, start, length, if_match)
+            )
 
         def fetch() -> bytes:
             try:
@@ -517,6 +548,21 @@ class CloudStore(ObjectStore):
                 raise
 
         return self._call("get_range", key, fetch)
+
+    def _get_range_of(self, key: str, start: int, length: int, tag: str) -> bytes:
+        options: dict[str, Any] = {"range": (start, start + length)}
+        if not self.service.tag_is_generation:
+            options["if_match"] = tag
+        result = obstore.get(self._store, key, options=options)
+        data = bytes(result.bytes())
+        got = self._tag(result.meta)
+        if self.service.tag_is_generation and not result.meta.get("version"):
+            # No generation in the answer: the object's now. Generations only
+            # grow, so if it is still ``tag``, it was ``tag`` when read.
+            got = self.head(key).etag
+        if got != tag:
+            raise PreconditionFailed(f"changed since read: {key}")
+        return data
 
     def download(self, key: str, out: BinaryIO, *, if_match: str | None = None) -> int:
         """Stream the object into ``out``; a body cut off is resumed where it stopped.

@@ -10,14 +10,17 @@ host, as for stores). This module is the one place that opens such a URI:
 - ``Referents.head`` gives size and etag, ``download`` streams the bytes
   (with ``etag``, only if the object still has that etag: S3 and Azure send
   ``If-Match``, GCS and HTTP compare the etag of the answer, files compare
-  their stat), ``expand`` lists a prefix (``s3://b/dir/``, a ``file://``
-  directory) into one object per key.
+  their stat), ``get_range`` reads one range of the object with that etag
+  (the parts of a lazy read, ``artfs.cache.partial``), ``expand`` lists a
+  prefix (``s3://b/dir/``, a ``file://`` directory) into one object per key.
 
 Buckets are opened through ``CloudStore`` at the bucket's root, so a referent
 reads with exactly the credentials, endpoints, timeouts and retries a store
 of that service would (the ``[object_store]`` config table, the ``AWS_*``,
-``GOOGLE_*``, ``AZURE_*`` environment, the AWS shared files). Referents are
-never written: artfs only reads them.
+``GOOGLE_*``, ``AZURE_*`` environment, the AWS shared files). An https host
+is verified against the system's roots plus ``root_certificate_file`` of
+``[object_store]`` (a private CA), or the bundle ``SSL_CERT_FILE`` names.
+Referents are never written: artfs only reads them.
 
 The etag of a ``file://`` referent is ``<size>-<mtime_ns>-<inode>`` (a file
 has no etag; an edit or a replacement changes one of the three).
@@ -148,6 +151,8 @@ class Referents:
 
         from obstore.store import HTTPStore
 
+        from artfs.objects.cloud import tls_client_options
+
         scheme, _, rest = uri.partition("://")
         host, _, path = rest.partition("/")
         root = f"{scheme}://{host}/"
@@ -159,6 +164,7 @@ class Referents:
                     "allow_http": scheme == "http",  # check_uri allowed only loopback
                     "timeout": timedelta(seconds=60),
                     "connect_timeout": timedelta(seconds=5),
+                    **tls_client_options(self._options),
                 },
                 retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=20)},
             )
@@ -246,18 +252,68 @@ class Referents:
 
         return self._http_call(uri, fetch)
 
-    def _download_file(self, uri: str, out: BinaryIO, etag: str | None) -> int:
-        path = _file_path(uri)
+    def get_range(self, uri: str, offset: int, length: int, etag: str) -> bytes:
+        """``length`` bytes at ``offset`` of the object, only if it still has
+        ``etag`` (PreconditionFailed else): a reader's part, pinned to the
+        committed object. S3 and Azure send ``If-Match``, GCS compares the
+        generation of the answer, HTTP sends ``If-Match`` and compares the
+        answer's etag (a server may ignore the header), a file compares its
+        stat before and after."""
+        check_uri(uri)
+        if length <= 0:
+            return b""
+        scheme = uri.partition("://")[0]
+        if scheme == "file":
+            return self._file_range(uri, offset, length, etag)
+        if scheme in _BUCKET_SCHEMES:
+            store, key = self._bucket(uri)
+            return store.get_range(key, offset, length, if_match=etag)  # type: ignore[no-any-return]
+
+        def fetch(store: Any, path: str) -> bytes:
+            import obstore
+
+            options: Any = {"range": (offset, offset + length), "if_match": etag}
+            result = obstore.get(store, path, options=options)
+            if result.meta.get("e_tag") != etag:
+                raise PreconditionFailed(f"changed: {uri}")
+            return bytes(result.bytes())
+
+        return self._http_call(uri, fetch)  # type: ignore[no-any-return]
+
+    def _file_range(self, uri: str, offset: int, length: int, etag: str) -> bytes:
+        fd = self._open_file(uri)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            if _file_etag(os.fstat(fd)) != etag:
+                raise PreconditionFailed(f"changed: {uri}")
+            data = bytearray()
+            while len(data) < length:
+                chunk = os.pread(fd, length - len(data), offset + len(data))
+                if not chunk:
+                    break
+                data += chunk
+            if _file_etag(os.fstat(fd)) != etag:
+                raise PreconditionFailed(f"changed while read: {uri}")
+            return bytes(data)
+        finally:
+            os.close(fd)
+
+    def _open_file(self, uri: str) -> int:
+        """A read-only fd of a regular file (not through a final symlink)."""
+        try:
+            fd = os.open(_file_path(uri), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise NotFound(uri) from None
         except OSError as e:
             raise StoreError(f"cannot open {uri}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{uri} is not a regular file")
+        return fd
+
+    def _download_file(self, uri: str, out: BinaryIO, etag: str | None) -> int:
+        fd = self._open_file(uri)
         try:
             before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                raise StoreError(f"{uri} is not a regular file")
             if etag is not None and _file_etag(before) != etag:
                 raise PreconditionFailed(f"changed: {uri}")
             n = 0

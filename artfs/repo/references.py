@@ -5,8 +5,8 @@ directory) that expands to one entry per object below it, refused past
 ``max_objects`` before anything is read. With ``checksum`` (the default)
 each object is read once, now, and its entry records the digest of its
 bytes (read with the etag its listing gave as a condition, so the digest
-and size are of one object); without, the entry records the etag only, and
-readers compare it (``artfs.cache.referents``). Nothing is uploaded: the
+and size are of one object) and that etag; without, the entry records the
+etag only, and readers compare it (``artfs.cache.referents``). Nothing is uploaded: the
 bytes stay where they are, and gc never touches them.
 """
 
@@ -108,9 +108,9 @@ def add_references(
         if before_add is not None:
             before_add(path)
         try:
-            builder.add_reference(
-                path, r.uri, r.size, digest=digest, etag=None if checksum else r.etag
-            )
+            # The etag is kept with a digest too: it pins a lazy read's ranges
+            # to the committed object (artfs.cache.referents).
+            builder.add_reference(path, r.uri, r.size, digest=digest, etag=r.etag or None)
         except ValueError as e:
             raise RepoError(str(e)) from None
     return len(found)
