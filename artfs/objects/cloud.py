@@ -159,11 +159,12 @@ def _option_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else value
 
 
-def _config_file_options(service: str) -> dict[str, Any]:
+def _config_file_options(service: str | None = None) -> dict[str, Any]:
     """The ``[object_store]`` table of the artfs config file, if any, with its
     ``[object_store.<service>]`` table (``s3``, ``gs``, ``az``) over it. Each
     service refuses the others' keys, so one flat table cannot configure an
-    S3 store and a GCS or Azure reference entry's bucket at once."""
+    S3 store and a GCS or Azure reference entry's bucket at once. No
+    ``service`` (an https referent): the flat table alone."""
     from artfs.config import config_path
 
     path = config_path()
@@ -180,7 +181,8 @@ def _config_file_options(service: str) -> dict[str, Any]:
     for name in _SERVICES:
         if not isinstance(table.get(name, {}), dict):
             raise StoreError(f"config {path}: [object_store.{name}] must be a table")
-    options.update(table.get(service, {}))
+    if service is not None:
+        options.update(table.get(service, {}))
     return options
 
 
