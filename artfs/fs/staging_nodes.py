@@ -329,9 +329,11 @@ class StagedDir(Node):
     def create(self, name: str, mode: int, flags: int, ctx: Any) -> tuple[FileHandle, Any]:
         with reasons(f"create {self._sub(name)}"):
             f = self.area.create(self._sub(name), mode, _owner(ctx))
-            node = self.kid(name, self.area.stat(self._sub(name)))  # type: ignore[arg-type]
+            a = f.stat()  # the file just made, by its descriptor: no walk of its path
+            node = self.kid(name, a)
             assert isinstance(node, StagedFileNode)
-            return StagedHandle(f, node), node.attr()
+            node._last = a
+            return StagedHandle(f, node), _attr(node, a)
 
     def symlink(self, name: str, target: str, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"symlink {self._sub(name)}"):
