@@ -69,14 +69,14 @@ XATTR_ENOTSUP = "xattr-enotsup" not in _OFF
 STAGED_NOW = "staged-now" not in _OFF
 STAGED_CREATE_NOW = "staged-create-now" not in _OFF
 STAGED_WRITE_NOW = "staged-write-now" not in _OFF
-# A write this small is a pwrite into the page cache and a hash of a few
-# microseconds; a bigger one stays in a worker (hashing 1 MiB takes longer
-# than the hop).
-WRITE_NOW = 128 << 10
-# Levers a benchmark turns on to measure them (ARTFS_BENCH_ON=writeback-cache):
+# Levers a benchmark turns on to measure them (ARTFS_BENCH_ON=writeback-cache,...):
 # the kernel's writeback cache (see issue 11's note for why it stays off).
 _ON = set(os.environ.get("ARTFS_BENCH_ON", "").split(","))
 WRITEBACK_CACHE = "writeback-cache" in _ON
+# A write this small is a pwrite into the page cache and a hash of a few
+# microseconds; a bigger one stays in a worker, where the kernel's dirty-page
+# throttling may make it wait (big-writes-now: up to 1 MiB on the loop).
+WRITE_NOW = (1 << 20) if "big-writes-now" in _ON else 128 << 10
 # ENOSYS to the first flush: the kernel sends none again, on any file (one
 # request less per small file written; a staged file's digest is then
 # recorded at its release, and a commit waits for releases, not flushes).
