@@ -7,7 +7,8 @@ Datasets are made deterministically (seeded bytes), so two runs measure the
 same trees. Each row prints its time, its ratio to the baseline measured
 just before it (the plain directory, ``cp -r``, ``cp -r && sync``), and the
 FUSE requests the daemon answered for it by opcode (count, seconds spent),
-from the ``user.artfs.stats`` xattr. rclone and dvc rows run only when the
+and those answered on the event loop rather than in a worker thread, from
+the ``user.artfs.stats`` xattr. rclone and dvc rows run only when the
 tools are installed; otherwise a note says they were skipped.
 
 Prints figures, asserts nothing.
@@ -67,13 +68,16 @@ class Requests:
 
     def __init__(self, m: Mount) -> None:
         self.m = m
-        self.before = self._ops()
+        self.before, self.now_before = self._ops()
 
-    def _ops(self) -> dict[str, list[float]]:
-        return dict(self.m.stats().get("ops", {}))
+    def _ops(self) -> tuple[dict[str, list[float]], dict[str, int]]:
+        stats = self.m.stats()
+        return dict(stats.get("ops", {})), dict(stats.get("now", {}))
 
     def line(self, files: int | None = None) -> str:
-        after = self._ops()
+        after, now_after = self._ops()
+        now = {op: n - self.now_before.get(op, 0) for op, n in now_after.items()}
+        now_text = ", ".join(f"{op} {n:,}" for op, n in sorted(now.items()) if n > 0)
         parts = []
         for op, (n, t) in sorted(after.items(), key=lambda kv: -kv[1][0]):
             n0, t0 = self.before.get(op, (0, 0.0))
@@ -84,7 +88,8 @@ class Requests:
                 continue
             per = f" ({dn / files:.2f}/file)" if files else ""
             parts.append(f"{op} {dn:,}{per} {dt:.2f}s")
-        return "   requests: " + (", ".join(parts) or "none")
+        line = "   requests: " + (", ".join(parts) or "none")
+        return line + (f"\n   answered on the event loop: {now_text}" if now_text else "")
 
 
 def mount_of(base: Path, name: str, env: dict[str, str]) -> Any:
@@ -192,11 +197,14 @@ def lever_rows(
     mf: int,
     sf: int,
     medium_only: bool = False,
+    index: int = 0,
 ) -> None:
-    """The staging rows again, on a daemon with one lever turned on or off."""
+    """The staging rows again, on a daemon with one lever turned on or off
+    ("off:none": the defaults again, to see how much the machine drifted)."""
     how, _, name = lever.partition(":")
-    lever_env = dict(env, **{f"ARTFS_BENCH_{how.upper()}": name})
-    tag = f"{how}-{name}"
+    # "off:a+b": both levers off on one mount (--levers splits on commas)
+    lever_env = dict(env, **{f"ARTFS_BENCH_{how.upper()}": name.replace("+", ",")})
+    tag = f"{how}-{name.replace('+', '-')}-{index}"
     with mount_of(base, f"mnt-{tag}", lever_env) as m:
         commit_through_staging(m, medium, f"medium-{tag}", mf, f" [{name} {how}]")
         if not medium_only:
@@ -220,7 +228,8 @@ def main() -> None:
         "--levers",
         default="",
         help="comma-separated levers the staging rows are also run with, each on a mount "
-        "of its own in the same run: on:writeback-cache, off:syncfs-names",
+        "of its own in the same run: on:writeback-cache, off:syncfs-names; "
+        "off:a+b turns two off on one mount",
     )
     args = p.parse_args()
     shape = SHAPES["small" if args.small else "full"]
@@ -259,8 +268,9 @@ def main() -> None:
                 if not args.medium_only:
                     commit_through_staging(m, small, "small-st", sf)
                 rewrite_base(m, medium, mf)
-                for lever in filter(None, args.levers.split(",")):
-                    lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only)
+                levers = filter(None, args.levers.split(","))
+                for i, lever in enumerate(levers):
+                    lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only, i)
             if not only or "read" in only:
                 read_rows(m, small, m.path / "bench/small/v0", sf, cold)
             if not only or "dd" in only:

@@ -5,6 +5,18 @@ limiter, so a slow fetch or store listing never holds up other requests.
 Every call is guarded: whatever it raises becomes an errno (errors.py's
 table), with the reason in the log, and the daemon goes on.
 
+Requests that need no I/O are answered on the event loop instead (the
+"fast paths": a worker-thread hop costs milliseconds under load, the answer
+microseconds): metadata of version trees whose manifest is open
+(``InodeTable.answers_now``), and in staging the lookups, attributes,
+xattrs, flushes and releases, creates and small writes that
+``staging_nodes.answers_now``/``StagedHandle.tries_now`` name. A staging
+call tried on the loop may raise ``WouldBlock`` (it would fetch, or wait for
+a lock a commit holds; see ``artfs/staging/nowait.py``) before changing
+anything, and is then made again in a worker. ``user.artfs.stats`` counts
+both: ``now`` (answered on the loop) and ``deferred`` (sent on to a worker),
+by opcode.
+
 Lookup counts: each reply that hands the kernel an inode (lookup, create,
 mkdir, mknod, symlink, link, and every readdirplus entry) counts one; a
 ``forget`` takes them back, and at zero the table may let the node go
@@ -30,6 +42,7 @@ from artfs.fs.errors import to_fuse_error
 from artfs.fs.files import FileHandle, VersionFileHandle
 from artfs.fs.lineage import RunRecorder, run_of_process
 from artfs.fs.nodes import (
+    TREE_SHIFT,
     XATTR_PREFIX,
     InodeTable,
     Node,
@@ -37,24 +50,39 @@ from artfs.fs.nodes import (
     VersionNode,
     negative_attr,
 )
+from artfs.fs.staging_nodes import answers_now as staged_answers_now
+from artfs.staging.nowait import WouldBlock, without_waiting
 
 log = logging.getLogger("artfs.fs")
 T = TypeVar("T")
 # Entries fetched per readdir round trip; what the kernel's buffer does not
 # take is kept for its next request.
 READDIR_BATCH = 256
-# Levers a benchmark turns off to measure them (ARTFS_BENCH_OFF=fast-paths,xattr-enotsup,open-now):
-# answering version-tree metadata on the event loop, and ENOTSUP for
-# security.*/system.* xattrs.
+# Levers a benchmark turns off to measure them (ARTFS_BENCH_OFF=fast-paths,xattr-enotsup,...):
+# answering version-tree metadata on the event loop, ENOTSUP for
+# security.*/system.* xattrs, opens of small files whose verified bytes are
+# in the page cache (open-now), and on the loop in staging: lookups,
+# attributes, xattrs, flushes and releases (staged-now), creates
+# (staged-create-now), writes of up to WRITE_NOW bytes (staged-write-now).
 _OFF = set(os.environ.get("ARTFS_BENCH_OFF", "").split(","))
 FAST_PATHS = "fast-paths" not in _OFF
 XATTR_ENOTSUP = "xattr-enotsup" not in _OFF
-# ... and opens of small files whose verified bytes are in the page cache.
 OPEN_NOW = "open-now" not in _OFF
-# Levers a benchmark turns on to measure them (ARTFS_BENCH_ON=writeback-cache):
+STAGED_NOW = "staged-now" not in _OFF
+STAGED_CREATE_NOW = "staged-create-now" not in _OFF
+STAGED_WRITE_NOW = "staged-write-now" not in _OFF
+# Levers a benchmark turns on to measure them (ARTFS_BENCH_ON=writeback-cache,...):
 # the kernel's writeback cache (see issue 11's note for why it stays off).
 _ON = set(os.environ.get("ARTFS_BENCH_ON", "").split(","))
 WRITEBACK_CACHE = "writeback-cache" in _ON
+# A write this small is a pwrite into the page cache and a hash of a few
+# microseconds; a bigger one stays in a worker, where the kernel's dirty-page
+# throttling may make it wait (big-writes-now: up to 1 MiB on the loop).
+WRITE_NOW = (1 << 20) if "big-writes-now" in _ON else 128 << 10
+# ENOSYS to the first flush: the kernel sends none again, on any file (one
+# request less per small file written; a staged file's digest is then
+# recorded at its release, and a commit waits for releases, not flushes).
+FLUSH_ENOSYS = "flush-enosys" in _ON
 
 
 def _name(raw: bytes) -> str:
@@ -82,6 +110,8 @@ class ReadStats:
         self.errors = 0
         # opcode -> [requests, seconds spent answering them]
         self.ops: dict[str, list[float]] = {}
+        self.now: Counter[str] = Counter()  # staging requests answered on the event loop
+        self.deferred: Counter[str] = Counter()  # tried there, sent on to a worker
 
     def op(self, name: str, seconds: float) -> None:
         counts = self.ops.get(name)
@@ -161,6 +191,40 @@ class Operations(pyfuse3.Operations):
     def _answers_now(self, inode: int, *, root: bool = True) -> bool:
         return FAST_PATHS and self.table.answers_now(inode, root=root)
 
+    def _staged_now(self, inode: int, op: str, name: str = "") -> bool:
+        """Whether ``op`` on staged node ``inode`` may be tried on the event loop."""
+        if not STAGED_NOW or inode >> TREE_SHIFT:
+            return False
+        try:
+            node = self.table.get(inode)  # not a tree's inode: dictionaries only
+        except pyfuse3.FUSEError:
+            return False
+        return staged_answers_now(node, op, name)
+
+    def _try_now(
+        self, op: str, what: str, fn: Callable[..., T], *args: Any
+    ) -> tuple[bool, T | None]:
+        """``fn(*args)`` on the event loop, where staging may not wait: (True, its
+        answer), or (False, None) when it raised ``WouldBlock`` having changed nothing."""
+        try:
+            with without_waiting():
+                value = fn(*args)
+        except WouldBlock:
+            self.stats.deferred[op] += 1
+            return False, None
+        except Exception as e:
+            raise self._fail(what, e) from None
+        self.stats.now[op] += 1
+        return True, value
+
+    async def _staged(self, op: str, what: str, now: bool, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the event loop when ``now`` and it need not wait, else in a worker."""
+        if now:
+            done, value = self._try_now(op, what, fn, *args)
+            if done:
+                return value  # type: ignore[return-value]
+        return await self._run(what, fn, *args)
+
     def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -185,15 +249,27 @@ class Operations(pyfuse3.Operations):
         what = f"lookup {text!r} in inode {parent_inode}"
         if text not in (".", "..") and self._answers_now(parent_inode):
             return self._counted(self._now(what, run))
-        return self._counted(await self._run(what, run))
+        now = text not in (".", "..") and self._staged_now(parent_inode, "lookup", text)
+        return self._counted(await self._staged("lookup", what, now, run))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._staged_now(inode, "attr"):
+            return await self._staged(
+                "getattr", f"getattr {inode}", True, self._node_call, inode, "attr"
+            )
         return await self._call(f"getattr {inode}", inode, "attr", now=self._answers_now(inode))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        now = self._answers_now(inode)
-        target = await self._call(f"readlink {inode}", inode, "readlink", now=now)
+        if self._staged_now(inode, "readlink"):
+            what = f"readlink {inode}"
+            target = await self._staged("readlink", what, True, self._node_call, inode, "readlink")
+        else:
+            now = self._answers_now(inode)
+            target = await self._call(f"readlink {inode}", inode, "readlink", now=now)
         return target.encode("utf-8", "surrogateescape")
+
+    def _node_call(self, inode: int, method: str, *args: Any) -> Any:
+        return getattr(self._node(inode), method)(*args)
 
     async def forget(self, inode_list: Any) -> None:
         for inode, n in inode_list:
@@ -281,12 +357,22 @@ class Operations(pyfuse3.Operations):
         return data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self._run(f"write fh {fh}", self._files[fh].write, off, buf)
+        handle = self._files[fh]
+        now = STAGED_WRITE_NOW and len(buf) <= WRITE_NOW and self._tries_now(handle, "write")
+        return await self._staged("write", f"write fh {fh}", now, handle.write, off, buf)
 
     async def flush(self, fh: int) -> None:
-        flush = getattr(self._files.get(fh), "flush", None)
+        if FLUSH_ENOSYS:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        handle = self._files.get(fh)
+        flush = getattr(handle, "flush", None)
         if flush is not None:
-            await self._run(f"flush fh {fh}", flush)
+            now = self._tries_now(handle, "flush")
+            await self._staged("flush", f"flush fh {fh}", now, flush)
+
+    def _tries_now(self, handle: Any, op: str) -> bool:
+        tries_now = getattr(handle, "tries_now", None)  # staged files only
+        return STAGED_NOW and tries_now is not None and tries_now(op)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         fsync = getattr(self._files.get(fh), "fsync", None)
@@ -312,7 +398,8 @@ class Operations(pyfuse3.Operations):
         if handle is None:
             return
         if handle.release_blocks:
-            await self._run(f"release fh {fh}", handle.release)
+            now = self._tries_now(handle, "release")
+            await self._staged("release", f"release fh {fh}", now, handle.release)
         else:
             handle.release()
 
@@ -328,17 +415,20 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTSUP if XATTR_ENOTSUP else pyfuse3.ENOATTR)
         if not name.startswith(XATTR_PREFIX.encode()):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        now = self._answers_now(inode, root=False)
-        values = await self._call(f"getxattr {inode}", inode, "xattrs", now=now)
+        values = await self._xattrs(f"getxattr {inode}", inode, "getxattr")
         try:
             return values[_name(name)]
         except KeyError:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        now = self._answers_now(inode, root=False)
-        values = await self._call(f"listxattr {inode}", inode, "xattrs", now=now)
+        values = await self._xattrs(f"listxattr {inode}", inode, "listxattr")
         return [k.encode() for k in values]
+
+    async def _xattrs(self, what: str, inode: int, op: str) -> dict[str, bytes]:
+        if self._staged_now(inode, "xattrs"):
+            return await self._staged(op, what, True, self._node_call, inode, "xattrs")
+        return await self._call(what, inode, "xattrs", now=self._answers_now(inode, root=False))
 
     # -- changes: nodes refuse them (EROFS) unless the write side allows ----------
 
@@ -376,8 +466,11 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        what = f"create {_name(name)!r} in inode {parent_inode}"
-        handle, attr = await self._call(what, parent_inode, "create", _name(name), mode, flags, ctx)
+        text = _name(name)
+        what = f"create {text!r} in inode {parent_inode}"
+        now = STAGED_CREATE_NOW and self._staged_now(parent_inode, "create", text)
+        args = (parent_inode, "create", text, mode, flags, ctx)
+        handle, attr = await self._staged("create", what, now, self._node_call, *args)
         fh = self._new_fh()
         self._files[fh] = handle
         info = pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
@@ -498,6 +591,8 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "opens_now": s.opens_now,
         "errors": s.errors,
         "ops": {k: [int(n), round(t, 4)] for k, (n, t) in sorted(s.ops.items())},
+        "now": dict(sorted(s.now.items())),
+        "deferred": dict(sorted(s.deferred.items())),
         "fetches": cache.fetches,
         "part_fetches": getattr(cache, "part_fetches", 0),
         "verified_blobs": opener.verified_blobs,

@@ -17,7 +17,27 @@ utimensat). The error reaches the caller at that call, not at close, which
 shells do not check.
 
 The logic (overlay, hashing, commit) is all in the synchronous core; these
-methods run in worker threads, as every node method.
+methods run in worker threads, as every node method, but for the requests
+``answers_now`` names (and, for open files, ``StagedHandle.tries_now``):
+those the mount first tries on its event loop, inside
+``artfs.staging.nowait.without_waiting``, since the worker-thread hop costs
+more than their answer. There the core raises ``WouldBlock`` rather than
+fetch the base from the store or wait for an area's lock a commit holds,
+always before it has changed anything, and the mount makes the same call
+in a worker. Who owns what, whichever thread runs the call:
+
+- node bookkeeping (``_kids``, ``_by_ino``, ``links``, ``handles``):
+  ``_nodes_lock``, held for dictionary work only, never across I/O;
+- the upper layer, handles' fields and ``StagingArea._open``: the area's
+  lock (``StagingArea.locked()``), which the loop takes only when free;
+  ``StagingArea.stat`` takes no lock (one ``lstat``, or a query of the
+  open base manifest), as before;
+- the state database: its own lock, one transaction at a time.
+
+What stays in workers: a node's first use of its area (opening it runs
+recovery), anything of staging/ itself or its control files (their
+attributes read the project's record; ``.base`` and ``.commit`` act),
+readdir, every other change, and reads.
 """
 
 from __future__ import annotations
@@ -61,6 +81,7 @@ from artfs.staging import (
     StagingManager,
     error_errno,
 )
+from artfs.staging.nowait import WouldBlock
 
 log = logging.getLogger("artfs.fs.staging")
 # Staging changes only through this mount, but a commit empties it at once:
@@ -75,7 +96,7 @@ def reasons(what: str) -> Iterator[None]:
     """Core errors become the errno they stand for, with the reason in the log."""
     try:
         yield
-    except pyfuse3.FUSEError:
+    except (pyfuse3.FUSEError, WouldBlock):
         raise
     except Exception as e:
         code = error_errno(e)
@@ -98,6 +119,14 @@ class StagedHandle(FileHandle):
         if node is not None:
             node.handles.add(self)
 
+    def tries_now(self, op: str) -> bool:
+        """Whether the mount may try ``op`` ("write", "flush", "release") on its
+        event loop: a file of the upper layer, not a blob read from the base."""
+        f = self.file
+        if op == "flush":
+            return True
+        return f.control is None and f.reader is None
+
     def read(self, offset: int, length: int) -> bytes:
         with reasons(f"read {self.file.path}"):
             return self.file.read(offset, length)
@@ -118,9 +147,16 @@ class StagedHandle(FileHandle):
         try:
             with reasons(f"release {self.file.path}"):
                 self.file.release()
-        finally:
-            if self.node is not None:
-                self.node.closed(self)
+        except WouldBlock:
+            raise  # not released: the mount calls this again in a worker
+        except BaseException:
+            self._closed()
+            raise
+        self._closed()
+
+    def _closed(self) -> None:
+        if self.node is not None:
+            self.node.closed(self)
 
 
 class BaseHandle(StagedHandle):
@@ -129,6 +165,9 @@ class BaseHandle(StagedHandle):
     def __init__(self, f: StagedFile, staging: StagingNode) -> None:
         super().__init__(f)
         self.staging = staging
+
+    def tries_now(self, op: str) -> bool:
+        return False  # its release lists staging and tells the kernel
 
     def release(self) -> None:
         wrote = self.file.writable
@@ -290,9 +329,11 @@ class StagedDir(Node):
     def create(self, name: str, mode: int, flags: int, ctx: Any) -> tuple[FileHandle, Any]:
         with reasons(f"create {self._sub(name)}"):
             f = self.area.create(self._sub(name), mode, _owner(ctx))
-            node = self.kid(name, self.area.stat(self._sub(name)))  # type: ignore[arg-type]
+            a = f.stat()  # the file just made, by its descriptor: no walk of its path
+            node = self.kid(name, a)
             assert isinstance(node, StagedFileNode)
-            return StagedHandle(f, node), node.attr()
+            node._last = a
+            return StagedHandle(f, node), _attr(node, a)
 
     def symlink(self, name: str, target: str, ctx: Any) -> pyfuse3.EntryAttributes:
         with reasons(f"symlink {self._sub(name)}"):
@@ -771,3 +812,19 @@ class ControlNode(Node):
             with reasons(f"truncate {self.describe()}"):
                 self.area.truncate_control(self.name, attr.st_size)
         return self.attr()
+
+
+def answers_now(node: Node, op: str, name: str = "") -> bool:
+    """Whether the mount may try ``op`` on ``node`` on its event loop (see the
+    module's docstring): "lookup" or "create" of ``name`` in a staged directory,
+    "attr", "xattrs" of a directory below staging/, "attr", "readlink" and
+    "xattrs" of a staged file. The call may still raise ``WouldBlock``."""
+    if isinstance(node, StagingNode):
+        # Its own attributes and xattrs read the store; an area not yet open
+        # would run recovery; control files act or read the project's record.
+        return op in ("lookup", "create") and node._area is not None and name not in RESERVED
+    if isinstance(node, StagedSubdir):
+        return op in ("lookup", "create", "attr", "xattrs")
+    if isinstance(node, StagedFileNode):
+        return op in ("attr", "readlink", "xattrs")
+    return False

@@ -36,6 +36,7 @@ from artfs.staging.commit import Commits
 from artfs.staging.control import Controls
 from artfs.staging.errors import StagingError
 from artfs.staging.handles import Handles, StagedFile
+from artfs.staging.nowait import WouldBlock, acquired, waiting_forbidden
 from artfs.staging.overlay import CONTROL_FILES, Overlay
 from artfs.staging.state import StateDb
 
@@ -76,7 +77,8 @@ class StagingArea(Overlay, Handles, Controls, Commits):
         copying.mkdir(exist_ok=True)
         self._copy_fd = os.open(copying, os.O_RDONLY | os.O_DIRECTORY)
         _remove_stale(copying)
-        # Namespace changes, writes and commits of this area, one at a time.
+        # Namespace changes, writes and commits of this area, one at a time
+        # (``locked()`` where a call may come from the event loop).
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self.state = StateDb(root / "state.db")
@@ -85,6 +87,10 @@ class StagingArea(Overlay, Handles, Controls, Commits):
         self._base_key: str | None = None
         with self._lock, self._commit_lock():
             self._recover()
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """``with self._lock``; on the event loop (nowait.py), only if it is free now."""
+        return acquired(self._lock, f"staging of {self.ref}")
 
     @property
     def ref(self) -> str:
@@ -126,6 +132,8 @@ class StagingArea(Overlay, Handles, Controls, Commits):
             self._base, self._base_key = None, None
             return None
         if key != self._base_key:
+            if waiting_forbidden():
+                raise WouldBlock(f"{self.ref}: base {key} is not read yet")
             ref = names.Ref.parse(key)
             try:
                 version = self.repo.version(ref.project, ref.artifact, int(ref.selector or "0"))

@@ -8,6 +8,14 @@ hasher saw every byte, and dropped by the next write to that inode.
 
 An open holds a descriptor on the upper file, so an unlinked open file
 stays usable until its last close, as on any local filesystem.
+
+Threads: ``create``, ``_write``, ``_flush`` and ``_release`` may run on the
+mount's event loop (``nowait.py``): there they take the area's lock only if
+it is free (``locked()``) and raise ``WouldBlock`` before changing anything
+when they would copy a base file up or close a blob reader; the mount then
+calls them again in a worker. Either way a handle's fields (``fd``,
+``hasher``, ``wrote``, ``flushed``, ``recorded``) and the area's ``_open``
+are read and changed under the area's lock only.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import TYPE_CHECKING
 from artfs.cache import BlobReader
 from artfs.digest import Hasher
 from artfs.staging.errors import StagingError
+from artfs.staging.nowait import WouldBlock, waiting_forbidden
 from artfs.staging.overlay import Attr, attr_from_stat
 
 if TYPE_CHECKING:
@@ -111,8 +120,8 @@ class Handles:
     def create(
         self: StagingArea, path: str, mode: int, owner: tuple[int, int] | None = None
     ) -> StagedFile:
-        with self._lock:
-            self._check_new(path)
+        with self.locked():
+            self._check_new(path)  # may raise WouldBlock: before anything is made
             self._upper_dirs(path.rpartition("/")[0])
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
             fd = os.open(path, flags, mode & 0o777, dir_fd=self._fd)
@@ -176,8 +185,12 @@ class Handles:
         if not h.writable:
             raise StagingError(errno.EBADF, f"{h.path} is not open for writing")
         if h.control is not None:
+            if waiting_forbidden():
+                raise WouldBlock(f"{h.control} is written under the area's lock")
             return self._write_control(h, offset, data)
-        with self._lock:
+        with self.locked():
+            if h.fd is None and waiting_forbidden():
+                raise WouldBlock(f"{h.path} is not copied up yet")
             self._ensure_fd(h)
             assert h.fd is not None
             if h.stale:
@@ -233,12 +246,14 @@ class Handles:
         """close(2) of one descriptor: the data is all here, though the open may live on."""
         if h.control is not None or not h.writable:
             return
-        with self._lock:
+        with self.locked():
             self._record_hash(h)
             h.flushed = True
 
     def _release(self: StagingArea, h: StagedFile) -> None:
-        with self._lock:
+        if h.reader is not None and waiting_forbidden():
+            raise WouldBlock(f"{h.path} reads a blob: its close may wait for the cache")
+        with self.locked():
             if h.reader is not None:
                 h.reader.close()
                 return

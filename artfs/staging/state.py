@@ -151,13 +151,19 @@ class StateDb:
             ).fetchone()
 
     def set_hashed(self, ino: int, size: int | None = None, digest: str | None = None) -> None:
-        with self._lock, self._db:
-            if digest is None:
-                self._db.execute("DELETE FROM hashed WHERE ino = ?", (ino,))
-            else:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO hashed VALUES (?, ?, ?)", (ino, size, digest)
-                )
+        with self._lock:
+            # Most drops find nothing (a file just made): a read costs less than
+            # a write transaction's commit.
+            has = "SELECT 1 FROM hashed WHERE ino = ?"
+            if digest is None and self._db.execute(has, (ino,)).fetchone() is None:
+                return
+            with self._db:
+                if digest is None:
+                    self._db.execute("DELETE FROM hashed WHERE ino = ?", (ino,))
+                else:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO hashed VALUES (?, ?, ?)", (ino, size, digest)
+                    )
 
     def clear(self) -> None:
         """After a commit: no marks, no digests, no base."""
