@@ -29,6 +29,11 @@ from tests.faultproxy import FaultProxy
 from tests.mounting import mounted
 from tests.refhttp import RefServer
 
+# The store's kind does not enter a reference's read path (references are
+# always fetched into the cache, whatever the store); t4_mount_references.py
+# keeps an S3-store variant of the reference tests.
+pytestmark = pytest.mark.parametrize("store_url", ["local"], indirect=True)
+
 SIZE = 3 * PART_SIZE + 5000  # four parts, the last one short
 NPARTS = 4
 

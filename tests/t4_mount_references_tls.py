@@ -22,6 +22,11 @@ from artfs.cache import PART_SIZE
 from tests.mounting import mounted
 from tests.refhttp import RefServer, tls
 
+# The store's kind does not enter a reference's read path (references are
+# always fetched into the cache, whatever the store); t4_mount_references.py
+# keeps an S3-store variant of the reference tests.
+pytestmark = pytest.mark.parametrize("store_url", ["local"], indirect=True)
+
 
 @pytest.mark.parametrize(
     "checksum,trust",
