@@ -544,7 +544,7 @@ def test_listing_an_artifact_costs_one_list_and_parallel_gets_on_every_service(
         make_tree(src, {"f.txt": f"version {i}\n"})
         api.put([src], "p/a")
     api.repo.set_alias(api.repo.version("p", "a", 3), "best")
-    faults = Faults(delay=1.0, delay_seconds=0.2, only_methods=frozenset({"GET", "HEAD"}))
+    faults = Faults(delay=1.0, delay_seconds=0.05, only_methods=frozenset({"GET", "HEAD"}))
     with service.proxy(faults) as proxy:
         store = CloudStore(url, service.options_via(proxy.url))
         repo = Repo.open(store, str(tmp_path / "c2"))

@@ -122,6 +122,7 @@ def test_ls_and_show(run_artfs, tmp_path: Path) -> None:
     assert "ref:         proj/ds:v1" in text and "aliases:     latest" in text
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # CLI rules, not the store
 def test_alias_describe_meta_delete(run_artfs, tmp_path: Path) -> None:
     src = _src(tmp_path)
     for i in range(3):
@@ -220,6 +221,7 @@ def _bad_inputs(tmp_path: Path, src: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # CLI rules, not the store
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     run_artfs, store_url: str, tmp_path: Path
 ) -> None:
@@ -460,6 +462,7 @@ def test_get_replaces_entries_of_the_wrong_kind(run_artfs, tmp_path: Path) -> No
     assert extra.exists()
 
 
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)  # CLI rules, not the store
 def test_output_cut_short_by_a_closed_pipe_is_no_error(
     run_artfs, artfs_env, tmp_path: Path
 ) -> None:
