@@ -54,13 +54,6 @@ CLOUD_TESTS: dict[str, set[str] | None] = {
         "test_a_corrupt_blob_gives_eio_for_that_file_only",
     },
 }
-# Module -> the tests in it that still run on S3 too; the others run on the
-# local store only (None: all of them local). For modules about rules above
-# the store (the W&B API's semantics), whose S3 variants re-tested the store
-# interface that t1/t5 and the mount tests cover, at a minute of the suite.
-LOCAL_TESTS: dict[str, set[str] | None] = {
-    "t3_api_wandb_workflows": {"test_log_and_use_artifact_as_in_the_first_seed"},
-}
 _STORE_FIXTURES = {"local": None, "s3": "s3_url", "gs": "gcs_url", "az": "az_url"}
 
 
@@ -73,10 +66,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return  # the test pinned its kinds
     kinds = list(STORE_KINDS)
     module = metafunc.module.__name__.rpartition(".")[2]
-    if module in LOCAL_TESTS and not os.environ.get("ARTFS_TEST_STORES"):
-        keep = LOCAL_TESTS[module]
-        if keep is None or metafunc.function.__name__ not in keep:
-            kinds = ["local"]
     if module in CLOUD_TESTS:
         chosen = CLOUD_TESTS[module]
         if chosen is None or metafunc.function.__name__ in chosen:
