@@ -41,9 +41,11 @@ eviction, pins).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
@@ -59,6 +61,19 @@ from artfs.objects import NotFound, PreconditionFailed, StoreError
 from artfs.objects.referents import Referents
 
 log = logging.getLogger("artfs.cache")
+
+
+@contextlib.contextmanager
+def referent_errors(uri: str) -> Iterator[None]:
+    """A referent's store errors as the BlobError a reader of it gets (EIO)."""
+    try:
+        yield
+    except NotFound:
+        raise BlobError(f"reference {uri} is gone (deleted since the commit)") from None
+    except PreconditionFailed:
+        raise BlobError(f"reference {uri} changed since the commit (etag)") from None
+    except StoreError as e:
+        raise BlobError(f"reference {uri} cannot be read: {e}") from None
 
 
 def _ref_key(uri: str, etag: str) -> str:
@@ -82,16 +97,8 @@ class ReferentParts:
         self.where = f"at {uri}"
 
     def get_range(self, offset: int, length: int) -> bytes:
-        uri = self._uri
-        try:
-            data = self._referents.get_range(uri, offset, length, self._etag)
-        except NotFound:
-            raise BlobError(f"reference {uri} is gone (deleted since the commit)") from None
-        except PreconditionFailed:
-            raise BlobError(f"reference {uri} changed since the commit (etag)") from None
-        except StoreError as e:
-            raise BlobError(f"reference {uri} cannot be read: {e}") from None
-        return data
+        with referent_errors(self._uri):
+            return self._referents.get_range(self._uri, offset, length, self._etag)
 
     def wrong(self, why: str) -> BlobError:
         return BlobError(f"reference {self._uri} changed since the commit (it {why})")
@@ -168,12 +175,8 @@ def _parts(referents: Referents, entry: Entry, uri: str, digest: str) -> Referen
     recorded etag or another one now."""
     if entry.etag is None:
         return None
-    try:
+    with referent_errors(uri):
         now = referents.head(uri)
-    except NotFound:
-        raise BlobError(f"reference {uri} is gone (deleted since the commit)") from None
-    except StoreError as e:
-        raise BlobError(f"reference {uri} cannot be read: {e}") from None
     if now.etag != entry.etag or now.size != entry.size:
         return None
     return ReferentParts(referents, uri, entry.etag, digest, None)
@@ -182,12 +185,8 @@ def _parts(referents: Referents, entry: Entry, uri: str, digest: str) -> Referen
 def _open_by_etag(
     cache: BlobCache, referents: Referents, entry: Entry, uri: str, etag: str, lazy: bool
 ) -> BlobReader | LazyBlobReader:
-    try:
+    with referent_errors(uri):
         now = referents.head(uri)
-    except NotFound:
-        raise BlobError(f"reference {uri} is gone (deleted since the commit)") from None
-    except StoreError as e:
-        raise BlobError(f"reference {uri} cannot be read: {e}") from None
     if now.etag != etag or now.size != entry.size:
         raise BlobError(
             f"reference {uri} changed since the commit (etag {now.etag}, {now.size} bytes; "
@@ -253,14 +252,8 @@ def _fetch(
     tmp = cache.root / "tmp" / uuid.uuid4().hex
     try:
         with open(tmp, "w+b") as out:
-            try:
+            with referent_errors(uri):
                 referents.download(uri, out, etag=etag)
-            except NotFound:
-                raise BlobError(f"reference {uri} is gone (deleted since the commit)") from None
-            except PreconditionFailed:
-                raise BlobError(f"reference {uri} changed since the commit (etag)") from None
-            except StoreError as e:
-                raise BlobError(f"reference {uri} cannot be read: {e}") from None
             out.flush()
             os.fsync(out.fileno())
             fd = out.fileno()
