@@ -15,22 +15,9 @@ import pytest
 from artfs.api import Api
 from artfs.cache.readers import CHECK_INTERVAL
 from artfs.repo.layout import blob_key
-from tests.trees import make_tree, read_tree
+from tests.trees import damage_in_place, make_tree, read_tree
 
 MiB = 1 << 20
-
-
-def _damage(path: Path, offset: int = 0) -> None:
-    """Flip one byte in place, then put the mtime back: only the ctime tells."""
-    st = path.stat()
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-    os.chmod(path, st.st_mode & 0o777)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _drop_page_cache(path: Path) -> None:
@@ -109,7 +96,7 @@ def test_a_damaged_cache_entry_is_fetched_again(
     cache = Api(store=store_url, cache=str(cache_dir)).repo.cache
     for name, data in (("s.bin", small), ("l.bin", large)):
         cache.ensure(files[name], len(data))
-        _damage(cache.path(files[name]), offset=len(data) // 2)
+        damage_in_place(cache.path(files[name]), offset=len(data) // 2)
         before = cache.fetches
         reader = cache.open_verified(files[name], len(data))
         try:
@@ -136,7 +123,7 @@ def test_a_reader_kept_across_opens_is_checked_again(
     assert f.read_bytes() == data
     target = api.repo.store.local_path(blob_key(digest)) if local else api.repo.cache.path(digest)
     if damage == "flip":
-        _damage(target, offset=1000)
+        damage_in_place(target, offset=1000)
     else:
         os.chmod(target, 0o644)
         os.truncate(target, 1000)
@@ -166,7 +153,7 @@ def test_an_open_file_whose_cache_entry_is_damaged_fails_its_read(
     f = m.path / "proj/ds/v0/f.bin"
     with open(f, "rb") as fh:
         assert fh.read(4096) == data[:4096]
-        _damage(api.repo.cache.path(digest), offset=MiB + 5)
+        damage_in_place(api.repo.cache.path(digest), offset=MiB + 5)
         time.sleep(CHECK_INTERVAL * 1.5)  # an open reader checks its stamp this often
         _drop_page_cache(f)
         fh.seek(0)
@@ -200,7 +187,7 @@ def test_a_lazy_reader_checks_the_verified_blob_it_ends_up_reading(
         os.link(cache.path(digest), tmp_path / "linked")  # moves ctime only: still good
         time.sleep(CHECK_INTERVAL * 1.5)
         assert reader.read(MiB, 100) == data[MiB : MiB + 100]
-        _damage(cache.path(digest), offset=MiB + 10)
+        damage_in_place(cache.path(digest), offset=MiB + 10)
         time.sleep(CHECK_INTERVAL * 1.5)
         with pytest.raises(BlobError):
             reader.read(MiB, 100)
@@ -244,7 +231,7 @@ def test_small_files_opened_on_the_event_loop_are_checked_as_any_open(
     digest = {p: d for p, _, d in api.artifact("proj/a:v0").files()}["f03.txt"]
     local = not store_url.startswith("s3://")
     target = api.repo.store.local_path(blob_key(digest)) if local else api.repo.cache.path(digest)
-    _damage(target, offset=3)
+    damage_in_place(target, offset=3)
     f = m.path / "proj/e/v0/f03.txt"
     try:
         got = f.read_text()

@@ -13,25 +13,9 @@ import pytest
 from artfs.api import Api
 from artfs.repo.layout import blob_key
 from tests.mounting import mounted
-from tests.trees import make_tree
+from tests.trees import damage_in_place, make_tree
 
 MiB = 1 << 20
-
-
-def _damage(path: Path, offset: int) -> None:
-    """Flip one byte in place, same size, and put the mtime back: only the
-    ctime (which no user can set) tells."""
-    st = path.stat()
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-    os.chmod(path, st.st_mode & 0o777)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    after = path.stat()
-    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 def _read_again(path: Path) -> bytes:
@@ -76,7 +60,7 @@ def test_a_reader_in_use_is_checked_when_the_file_is_opened_again(
             assert held.read(4096) == data[:4096]  # the reader is now in use
             target = api.repo.store.local_path(blob_key(digest)) if from_store else None
             target = target or api.repo.cache.path(digest)
-            _damage(target, offset=MiB + 5)
+            damage_in_place(target, offset=MiB + 5)
             try:
                 got = _read_again(f)
             except OSError as e:

@@ -52,3 +52,19 @@ def store_snapshot(store) -> dict[str, tuple[int, str]]:
 
 def blob_keys(store) -> set[str]:
     return {o.key for o in store.iter_objects("blobs/")}
+
+
+def damage_in_place(path: Path, offset: int = 0) -> None:
+    """Flip one byte in place, same size, and put the mtime back: only the
+    ctime (which no user can set) tells."""
+    st = path.stat()
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.chmod(path, st.st_mode & 0o777)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
