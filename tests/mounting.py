@@ -55,6 +55,36 @@ class Mount:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def artfs_cli_on_tty(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> tuple[int, str, bytes]:
+    """Run the real CLI with its stderr on a terminal (a pty), as a user sees
+    it: (exit code, stdout, everything written to the terminal)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artfs.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        text=True,
+    )
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO once the child closed its end
+            break
+        if not chunk:
+            break
+        err += chunk
+    out, _ = proc.communicate(timeout=timeout)
+    os.close(master)
+    return proc.returncode, out, err
+
+
 def artfs_cli(
     *args: str,
     env: dict[str, str],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from artfs.objects import open_store
 from artfs.objects.local import LocalStore
+from tests.mounting import artfs_cli_on_tty
 from tests.trees import blob_keys, make_tree, read_tree, store_snapshot
 
 
@@ -314,27 +314,8 @@ def test_progress_bars_on_a_terminal(artfs_env: dict[str, str], tmp_path: Path) 
     src = make_tree(tmp_path / "src", {f"f{i}": os.urandom(1 << 20) for i in range(8)})
 
     def on_tty(*args: str) -> tuple[int, str, str]:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "artfs.cli", *args],
-            env=artfs_env,
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            text=True,
-        )
-        os.close(slave)
-        err = b""
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            err += data
-        out, _ = proc.communicate(timeout=60)
-        os.close(master)
-        return proc.returncode, out, err.decode(errors="replace")
+        code, out, err = artfs_cli_on_tty(*args, env=artfs_env, timeout=60)
+        return code, out, err.decode(errors="replace")
 
     code, out, err = on_tty("put", str(src), "-n", "proj/ds")
     assert code == 0 and out == "proj/ds:v0\n"

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from artfs.api import Api
+from tests.mounting import artfs_cli_on_tty
 from tests.trees import make_tree
 
 MiB = 1 << 20
@@ -63,28 +61,9 @@ def test_the_cli_bar_of_a_single_large_file_shows_intermediate_values(
         TQDM_MININTERVAL="0",
         TQDM_MINITERS="1",
     )
-    master, slave = pty.openpty()
     args = ["get", "proj/ds", "--root", str(tmp_path / "out"), "--json"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "artfs.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        text=True,
-    )
-    os.close(slave)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        err += chunk
-    out, _ = proc.communicate(timeout=120)
-    os.close(master)
-    assert proc.returncode == 0, err
+    code, out, err = artfs_cli_on_tty(*args, env=env, timeout=120)
+    assert code == 0, err
     # --json stays clean: stdout is the JSON document only.
     assert json.loads(out)["path"] == str(tmp_path / "out")
     assert (tmp_path / "out/big.bin").read_bytes() == data
