@@ -138,28 +138,42 @@ def rewrite_base(m: Mount, src: Path, files: int) -> None:
     print(r.line(files), flush=True)
 
 
+def two_passes(
+    cmd: str, where: Path, cold: bool, m: Mount | None = None, files: int | None = None
+) -> list[tuple[float, str]]:
+    """The first pass of ``cmd`` in ``where`` (after dropping the page cache when
+    ``cold``) and the second pass right after it: (seconds, requests line) each,
+    the line of the daemon's requests when ``m`` is the mount it runs on."""
+    drop_caches(cold)
+    passes = []
+    for _ in range(2):
+        r = Requests(m) if m else None
+        t = shell(cmd, where)
+        passes.append((t, r.line(files) if r else ""))
+    return passes
+
+
 def read_rows(m: Mount, tree: Path, version: Path, files: int, cold: bool) -> None:
+    """Each command twice on the plain directory, then twice through the mount:
+    a second pass is compared with the plain directory's own second pass."""
     rows = [
         ("tar c", "tar cf - . | cat > /dev/null"),
         ("find", "find . > /dev/null"),
         ("ls -lR", "ls -lR > /dev/null"),
     ]
     for label, cmd in rows:
-        for state in ("cold", "second pass"):
-            if state == "cold":
-                drop_caches(cold)
-            plain = shell(cmd, tree)
-            if state == "cold":
-                drop_caches(cold)
-            r = Requests(m)
-            t = shell(cmd, version)
+        plain = two_passes(cmd, tree, cold)
+        mount = two_passes(cmd, version, cold, m, files)
+        for state, (base_t, _), (t, line) in zip(
+            ("cold", "second pass"), plain, mount, strict=True
+        ):
             report(
                 f"{label} small through the mount, {state}",
                 t,
-                baseline=plain,
+                baseline=base_t,
                 baseline_label="plain",
             )
-            print(r.line(files), flush=True)
+            print(line, flush=True)
 
 
 def dd_rows(m: Mount, big: Path, version_file: Path, size: int, cold: bool) -> None:
