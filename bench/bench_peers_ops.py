@@ -16,12 +16,15 @@ Prints figures, asserts nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,35 @@ def mount_of(base: Path, name: str, env: dict[str, str]) -> Any:
     )
 
 
+@contextlib.contextmanager
+def rclone_mount(src: Path, mnt: Path) -> Iterator[Path]:
+    """``src`` read-only through ``rclone mount`` of a local path with no VFS
+    cache (the issue's "rclone (no cache)"), unmounted and stopped in ``finally``."""
+    mnt.mkdir(parents=True)
+    config = mnt.parent / "rclone.conf"  # empty: the :local: remote needs none
+    config.touch()
+    log_path = mnt.parent / f"{mnt.name}.log"
+    cmd = ["rclone", "mount", f":local:{src}", str(mnt), "--config", str(config)]
+    cmd += ["--read-only", "--vfs-cache-mode", "off"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"rclone mount of {src} did not come up: see {log_path}")
+            time.sleep(0.1)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=10)
+            subprocess.run(["fusermount3", "-uz", str(mnt)], stderr=subprocess.DEVNULL)
+
+
 def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label: str = "") -> None:
     art = m.path / "bench" / artifact
     art.mkdir(parents=True, exist_ok=True)
@@ -153,9 +185,12 @@ def two_passes(
     return passes
 
 
-def read_rows(m: Mount, tree: Path, version: Path, files: int, cold: bool) -> None:
-    """Each command twice on the plain directory, then twice through the mount:
-    a second pass is compared with the plain directory's own second pass."""
+def read_rows(
+    m: Mount, tree: Path, version: Path, files: int, cold: bool, rclone: Path | None
+) -> None:
+    """Each command twice on the plain directory, then twice through the mount
+    (and through rclone): a second pass is compared with the plain directory's
+    own second pass."""
     rows = [
         ("tar c", "tar cf - . | cat > /dev/null"),
         ("find", "find . > /dev/null"),
@@ -164,9 +199,9 @@ def read_rows(m: Mount, tree: Path, version: Path, files: int, cold: bool) -> No
     for label, cmd in rows:
         plain = two_passes(cmd, tree, cold)
         mount = two_passes(cmd, version, cold, m, files)
-        for state, (base_t, _), (t, line) in zip(
-            ("cold", "second pass"), plain, mount, strict=True
-        ):
+        peer = two_passes(cmd, rclone, cold) if rclone else []
+        for i, state in enumerate(("cold", "second pass")):
+            base_t, (t, line) = plain[i][0], mount[i]
             report(
                 f"{label} small through the mount, {state}",
                 t,
@@ -174,32 +209,53 @@ def read_rows(m: Mount, tree: Path, version: Path, files: int, cold: bool) -> No
                 baseline_label="plain",
             )
             print(line, flush=True)
+            if peer:
+                report(
+                    f"{label} small through rclone, {state}",
+                    peer[i][0],
+                    baseline=base_t,
+                    baseline_label="plain",
+                    note=f"(artfs {t / base_t:.2f}x plain)",
+                )
 
 
-def dd_rows(m: Mount, big: Path, version_file: Path, size: int, cold: bool) -> None:
-    cmd = "dd bs=1M if={} of=/dev/null status=none"
+DD = "dd bs=1M if={} of=/dev/null status=none"
+
+
+def dd_pass(path: Path, hot: bool, cold: bool, m: Mount | None = None) -> tuple[float, str]:
+    """One ``dd`` of ``path``: right after another (page cache hot) or after
+    dropping the page cache; (seconds, the daemon's requests line when ``m``)."""
+    cmd = DD.format(path)
+    if hot:
+        shell(cmd, Path("/"))
+    else:
+        drop_caches(cold)
+    r = Requests(m) if m else None
+    t = shell(cmd, Path("/"))
+    return t, r.line() if r else ""
+
+
+def dd_rows(
+    m: Mount, big: Path, version_file: Path, size: int, cold: bool, rclone_file: Path | None
+) -> None:
     os.stat(version_file)
-    shell(cmd.format(version_file), Path("/"))  # first read: fetch/verify once
+    shell(DD.format(version_file), Path("/"))  # first read: fetch/verify once
     for state in ("page cache hot", "cold"):
-        if state == "cold":
-            drop_caches(cold)
-        else:
-            shell(cmd.format(big), Path("/"))
-        plain = shell(cmd.format(big), Path("/"))
-        if state == "cold":
-            drop_caches(cold)
-        else:
-            shell(cmd.format(version_file), Path("/"))
-        r = Requests(m)
-        t = shell(cmd.format(version_file), Path("/"))
-        report(
-            f"dd bs=1M {human(size)}, {state}",
-            t,
-            nbytes=size,
-            baseline=plain,
-            baseline_label="plain",
-        )
-        print(r.line(), flush=True)
+        hot = state == "page cache hot"
+        plain, _ = dd_pass(big, hot, cold)
+        t, line = dd_pass(version_file, hot, cold, m)
+        label = f"dd bs=1M {human(size)}"
+        report(f"{label}, {state}", t, nbytes=size, baseline=plain, baseline_label="plain")
+        print(line, flush=True)
+        if rclone_file:
+            report(
+                f"{label} through rclone, {state}",
+                dd_pass(rclone_file, hot, cold)[0],
+                nbytes=size,
+                baseline=plain,
+                baseline_label="plain",
+                note=f"(artfs {t / plain:.2f}x plain)",
+            )
 
 
 def lever_rows(
@@ -223,6 +279,13 @@ def lever_rows(
         commit_through_staging(m, medium, f"medium-{tag}", mf, f" [{name} {how}]")
         if not medium_only:
             commit_through_staging(m, small, f"small-{tag}", sf, f" [{name} {how}]")
+
+
+def peer_mount(base: Path, src: Path) -> AbstractContextManager[Path | None]:
+    """``src`` through rclone when it is installed, else None."""
+    if shutil.which("rclone") is None:
+        return contextlib.nullcontext()
+    return rclone_mount(src, base / "rclone" / src.name)
 
 
 def peers_note() -> None:
@@ -286,9 +349,12 @@ def main() -> None:
                 for i, lever in enumerate(levers):
                     lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only, i)
             if not only or "read" in only:
-                read_rows(m, small, m.path / "bench/small/v0", sf, cold)
+                with peer_mount(base, small) as rc:
+                    read_rows(m, small, m.path / "bench/small/v0", sf, cold, rc)
             if not only or "dd" in only:
-                dd_rows(m, big, m.path / "bench/big/v0/big.bin", shape["big"], cold)
+                with peer_mount(base, big.parent) as rc:
+                    rc_file = rc / big.name if rc else None
+                    dd_rows(m, big, m.path / "bench/big/v0/big.bin", shape["big"], cold, rc_file)
             print(f"daemon: {m.stats()['opens']:,} opens, {m.stats()['reads']:,} reads")
     sys.stdout.flush()
 

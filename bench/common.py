@@ -154,13 +154,14 @@ def report(
     baseline: float | None = None,
     baseline_label: str = "cp -r",
     more: dict[str, float] | None = None,
+    note: str = "",
 ) -> Figure:
     """Print one figure: time, throughput, and its ratio to each baseline
-    (>1 is slower). ``more`` adds baselines by name."""
+    (>1 is slower). ``more`` adds baselines by name; ``note`` is printed after."""
     baselines = {baseline_label: baseline} if baseline else {}
     baselines.update(more or {})
     fig = Figure(label, seconds, nbytes, baselines)
-    print(fig.line(), flush=True)
+    print(fig.line() + (f"  {note}" if note else ""), flush=True)
     return fig
 
 
