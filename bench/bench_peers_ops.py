@@ -29,7 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from artfs.api import Api
-from bench.common import base_parser, cp_r, drop_caches, human, local_store_env, report, workdir
+from bench.common import (
+    artfs_cmd,
+    base_parser,
+    cp_r,
+    drop_caches,
+    human,
+    local_store_env,
+    report,
+    run,
+    workdir,
+)
 from tests.mounting import Mount, mounted
 
 SHAPES = {
@@ -155,18 +165,23 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label
     print(r.line(files), flush=True)
 
 
-def rewrite_base(m: Mount, src: Path, files: int) -> None:
+def rewrite_40(root: Path) -> None:
+    """Rewrite 40% of the files under ``root`` in place with new seeded bytes of
+    the same size: the same files and bytes wherever ``root`` holds medium."""
+    for k, p in enumerate(sorted(root.rglob("*.bin"))):
+        if k % 5 < 2:
+            p.write_bytes(hashlib.shake_256(f"new:{k}".encode()).digest(p.stat().st_size))
+
+
+def rewrite_base(m: Mount, src: Path, files: int, dvc_seconds: float | None = None) -> None:
     staging = m.path / "bench" / "medium-st" / "staging"
     r = Requests(m)
     start = time.perf_counter()
     (staging / ".base").write_text("latest\n")
-    names = sorted(p for p in (staging).rglob("*.bin"))
-    for k, p in enumerate(names):
-        if k % 5 < 2:  # 40%
-            p.write_bytes(hashlib.shake_256(f"new:{k}".encode()).digest(p.stat().st_size))
+    rewrite_40(staging)
     (staging / ".commit").touch()
     t = time.perf_counter() - start
-    report(".base + rewrite 40% of medium + .commit", t)
+    report(".base + rewrite 40% of medium + .commit", t, more={"dvc": dvc_seconds})
     print(r.line(files), flush=True)
 
 
@@ -281,6 +296,44 @@ def lever_rows(
             commit_through_staging(m, small, f"small-{tag}", sf, f" [{name} {how}]")
 
 
+DVC_VENV = Path("/opt/artfs-bench/dvc/bin/dvc")  # where bench/peers_setup.sh puts it
+
+
+def dvc_path() -> str | None:
+    """$ARTFS_BENCH_DVC, else a dvc on PATH, else the one bench/peers_setup.sh installs."""
+    for path in (os.environ.get("ARTFS_BENCH_DVC"), shutil.which("dvc"), str(DVC_VENV)):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def dvc_rows(dvc: str, proj: Path, medium: Path) -> dict[str, float]:
+    """``dvc add`` of medium in a fresh ``dvc init --no-scm`` project (against
+    the ``cp -r`` that put medium there), then the 40% rewrite of the artfs
+    ``.base`` row in place and ``dvc add`` again. Returns the seconds of each."""
+    # No analytics, no update checks: network only to 127.0.0.1.
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(proj / "site-cache"))
+
+    def dvc_run(*args: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([dvc, *args], cwd=proj, env=env, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    proj.mkdir(parents=True)
+    dvc_run("init", "--no-scm", "-q")
+    dvc_run("config", "core.analytics", "false")
+    dvc_run("config", "core.check_update", "false")
+    version = subprocess.run([dvc, "--version"], env=env, capture_output=True, text=True)
+    plain = cp_r(medium, proj / medium.name)
+    seconds = {"add": dvc_run("add", "-q", medium.name)}
+    report(f"dvc add medium (dvc {version.stdout.strip()})", seconds["add"], baseline=plain)
+    start = time.perf_counter()
+    rewrite_40(proj / medium.name)
+    seconds["rewrite"] = time.perf_counter() - start + dvc_run("add", "-q", medium.name)
+    report("dvc: rewrite 40% of medium in place + dvc add", seconds["rewrite"])
+    return seconds
+
+
 def peer_mount(base: Path, src: Path) -> AbstractContextManager[Path | None]:
     """``src`` through rclone when it is installed, else None."""
     if shutil.which("rclone") is None:
@@ -289,9 +342,12 @@ def peer_mount(base: Path, src: Path) -> AbstractContextManager[Path | None]:
 
 
 def peers_note() -> None:
-    for tool in ("rclone", "dvc"):
-        if shutil.which(tool) is None:
-            print(f"({tool} is not installed: its rows are skipped)")
+    if shutil.which("rclone") is None:
+        print("(rclone is not installed: its rows are skipped; bench/peers_setup.sh installs it)")
+    if dvc_path() is None:
+        print(
+            f"(dvc is not installed, nor at {DVC_VENV} or $ARTFS_BENCH_DVC: its rows are skipped)"
+        )
 
 
 def main() -> None:
@@ -325,12 +381,23 @@ def main() -> None:
         if not (args.medium_only and only and only <= {"staging", "put"}):
             make_dataset(small, sf, ss, sd, "small")
         print(f"medium {mf:,} x {human(ms)}, small {sf:,} x {human(ss)} in {sd} dirs")
+        dvc, dvc_seconds = dvc_path(), {}
+        if dvc and (not only or only & {"put", "staging"}):
+            dvc_seconds = dvc_rows(dvc, base / "dvc", medium)
         if not only or "put" in only:
             plain = cp_r(medium, base / "data" / "medium-copy")
             shutil.rmtree(base / "data" / "medium-copy")
             start = time.perf_counter()
             api.put([medium], "bench/medium-put")
-            report("artfs put medium (api)", time.perf_counter() - start, baseline=plain)
+            t = time.perf_counter() - start
+            more = {"dvc add": dvc_seconds.get("add")}
+            report("artfs put medium (api)", t, baseline=plain, more=more)
+            # Like for like with the dvc CLI: a process of its own, a fresh store.
+            cli_env = local_store_env(base / "put-cli")
+            start = time.perf_counter()
+            run(artfs_cmd("put", "-n", "bench/medium-put", str(medium)), env=cli_env)
+            t = time.perf_counter() - start
+            report("artfs put medium (cli, fresh store)", t, baseline=plain, more=more)
         # Versions to read are put before the mount starts (a name looked up
         # before its put stays absent for the listing TTL).
         big = base / "data" / "big" / "big.bin"
@@ -344,7 +411,7 @@ def main() -> None:
                 commit_through_staging(m, medium, "medium-st", mf)
                 if not args.medium_only:
                     commit_through_staging(m, small, "small-st", sf)
-                rewrite_base(m, medium, mf)
+                rewrite_base(m, medium, mf, dvc_seconds.get("rewrite"))
                 levers = filter(None, args.levers.split(","))
                 for i, lever in enumerate(levers):
                     lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only, i)

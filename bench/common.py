@@ -135,7 +135,7 @@ class Figure:
     label: str
     seconds: float
     nbytes: int | None = None
-    baselines: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float | None] = field(default_factory=dict)
 
     def line(self) -> str:
         parts = [f"{self.label:<48} {self.seconds:8.2f} s"]
@@ -153,11 +153,12 @@ def report(
     nbytes: int | None = None,
     baseline: float | None = None,
     baseline_label: str = "cp -r",
-    more: dict[str, float] | None = None,
+    more: dict[str, float | None] | None = None,
     note: str = "",
 ) -> Figure:
     """Print one figure: time, throughput, and its ratio to each baseline
-    (>1 is slower). ``more`` adds baselines by name; ``note`` is printed after."""
+    (>1 is slower). ``more`` adds baselines by name (None: not measured);
+    ``note`` is printed after."""
     baselines = {baseline_label: baseline} if baseline else {}
     baselines.update(more or {})
     fig = Figure(label, seconds, nbytes, baselines)
