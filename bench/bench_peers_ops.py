@@ -5,11 +5,28 @@
 
 Datasets are made deterministically (seeded bytes), so two runs measure the
 same trees. Each row prints its time, its ratio to the baseline measured
-just before it (the plain directory, ``cp -r``, ``cp -r && sync``), and the
+in the same run (the plain directory, ``cp -r``, ``cp -r && sync``), and the
 FUSE requests the daemon answered for it by opcode (count, seconds spent),
 and those answered on the event loop rather than in a worker thread, from
-the ``user.artfs.stats`` xattr. rclone and dvc rows run only when the
-tools are installed; otherwise a note says they were skipped.
+the ``user.artfs.stats`` xattr.
+
+Read rows run each command twice in a row on the plain directory, then on
+the mount (then on rclone): "cold" is a first pass after dropping the page
+cache, "second pass" the one right after it, compared with the plain
+directory's own second pass. A daemon's memory (artfs's open manifests,
+rclone's directory cache) is not dropped: only the first row, ``tar c``,
+meets daemons that have not listed the tree yet.
+
+Peers, when installed (``bash bench/peers_setup.sh`` installs both; the
+rows are skipped with a note otherwise): rclone 1.60 (``rclone mount`` of
+the plain directories, ``--vfs-cache-mode off --read-only``) for the read
+and dd rows, each with the artfs ratio next to it; dvc 3.67 (found as
+``$ARTFS_BENCH_DVC``, on PATH, or in /opt/artfs-bench/dvc) for ``dvc add``
+of medium in a fresh ``dvc init --no-scm`` project and for the same 40%
+rewrite in place + ``dvc add`` again; the artfs put and ``.base`` rows
+print their ratio to them. dvc runs as a CLI, so its rows include its
+start-up (about a second); ``artfs put medium (cli, fresh store)`` is the
+like-for-like row.
 
 Prints figures, asserts nothing.
 """
