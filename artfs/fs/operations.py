@@ -339,7 +339,7 @@ class Operations(pyfuse3.Operations):
             self.stats.opens_now += handle is not None
         if handle is None:
             handle = await self._call(f"open inode {inode}", inode, "open", flags, ctx)
-        run_id = run_of_process(ctx.pid)  # /proc only: cheap enough for every open
+        run_id = run_of_process(ctx.pid)  # kept per live pid: no /proc read per open
         if run_id is not None:
             await self._run(f"lineage of inode {inode}", self._record_use, inode, run_id)
         fh = self._new_fh()
