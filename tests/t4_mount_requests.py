@@ -95,3 +95,30 @@ def test_second_epoch_reopens_small_files_without_a_worker_thread(mnt) -> None:
     after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
     assert after["opens"] - before["opens"] == FILES
     assert after["reopens"] - before["reopens"] == FILES
+
+
+def test_a_second_listing_pass_is_answered_from_kept_pages(mnt) -> None:
+    m, src = mnt
+    version = m.path / "proj/many/v0"
+
+    def listing() -> list[tuple[str, int, int]]:
+        out = []
+        for d in sorted(os.listdir(version)):
+            with os.scandir(version / d) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    out.append((f"{d}/{e.name}", st.st_size, st.st_ino))
+        return sorted(out)
+
+    first = listing()
+    assert [(p, size) for p, size, _ in first] == sorted(
+        (str(p.relative_to(src)), p.stat().st_size) for p in src.rglob("*.txt")
+    )
+    before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    assert listing() == first
+    after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    readdirs = after["ops"]["readdir"][0] - before["ops"]["readdir"][0]
+    assert readdirs > 0, "the kernel cached the listing: nothing was tested"
+    # Every page of the second pass (the version's root page, which is kept
+    # too, and each directory's) came from the kept pages.
+    assert after["listing_hits"] - before["listing_hits"] == readdirs
