@@ -30,6 +30,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -255,6 +256,18 @@ class Operations(pyfuse3.Operations):
         return self._counted(await self._staged("lookup", what, now, run))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attr(inode)
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Asked only without default_permissions, where only root enters
+        # (daemon._fuse_options): root may read and write anything here (the
+        # nodes refuse what is read-only), and execute what has an x bit.
+        if not mode & os.X_OK:
+            return True
+        st_mode = (await self._attr(inode)).st_mode
+        return stat.S_ISDIR(st_mode) or bool(st_mode & 0o111)
+
+    async def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         if self._staged_now(inode, "attr"):
             return await self._staged(
                 "getattr", f"getattr {inode}", True, self._node_call, inode, "attr"
@@ -543,6 +556,7 @@ _OPS = [
     "flush",
     "fsync",
     "release",
+    "access",
     "getxattr",
     "listxattr",
     "setxattr",
