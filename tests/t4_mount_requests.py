@@ -95,3 +95,54 @@ def test_second_epoch_reopens_small_files_without_a_worker_thread(mnt) -> None:
     after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
     assert after["opens"] - before["opens"] == FILES
     assert after["reopens"] - before["reopens"] == FILES
+
+
+def test_a_second_listing_pass_is_answered_from_kept_pages(mnt) -> None:
+    m, src = mnt
+    version = m.path / "proj/many/v0"
+
+    def listing() -> list[tuple[str, int, int]]:
+        out = []
+        for d in sorted(os.listdir(version)):
+            with os.scandir(version / d) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    out.append((f"{d}/{e.name}", st.st_size, st.st_ino))
+        return sorted(out)
+
+    first = listing()
+    assert [(p, size) for p, size, _ in first] == sorted(
+        (str(p.relative_to(src)), p.stat().st_size) for p in src.rglob("*.txt")
+    )
+    before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    assert listing() == first
+    after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    readdirs = after["ops"]["readdir"][0] - before["ops"]["readdir"][0]
+    assert readdirs > 0, "the kernel cached the listing: nothing was tested"
+    # Every page of the second pass (the version's root page, which is kept
+    # too, and each directory's) came from the kept pages.
+    assert after["listing_hits"] - before["listing_hits"] == readdirs
+
+
+def test_reads_of_a_file_in_the_page_cache_are_answered_without_a_worker_thread(
+    api, store_url, artfs_env, tmp_path
+) -> None:
+    data = os.urandom(4 << 20)  # above the in-memory size: read through an fd
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "f.bin").write_bytes(data)
+    api.put([src], "proj/big")
+    with mounted_here(tmp_path, store_url, env=artfs_env) as m:
+        f = m.path / "proj/big/v0/f.bin"
+        assert f.read_bytes() == data  # fetched (or hashed) once: now in the page cache
+        with open(f, "rb") as held:
+            # The kernel's copy goes; the daemon's file (cache entry or the
+            # local store's own) stays in the page cache.
+            os.posix_fadvise(held.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+            assert held.read() == data
+            after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    reads = after["reads"] - before["reads"]
+    now = after["now"].get("read", 0) - before["now"].get("read", 0)
+    assert reads > 0, "the kernel kept its copy: nothing reached the daemon"
+    assert now == reads, f"{reads - now} of {reads} reads went to a worker thread"

@@ -44,6 +44,19 @@ CHECK_INTERVAL = float(os.environ.get("ARTFS_READER_CHECK_INTERVAL", "0"))
 Discard = Callable[[str, int], None]
 
 
+def read_nowait(fd: int, length: int, offset: int) -> memoryview | None:
+    """Up to ``length`` bytes at ``offset`` if all are in the page cache
+    (``RWF_NOWAIT``: no disk read; the kernel still starts its read-ahead),
+    else None. A short answer means either; callers compare it to the size
+    they expect."""
+    buf = bytearray(length)
+    try:
+        got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except OSError:  # EAGAIN: not all in the page cache; EOPNOTSUPP: no RWF_NOWAIT here
+        return None
+    return memoryview(buf)[:got]
+
+
 class BlobReader:
     """Positional reads of one blob, for one open file. Thread-safe (pread)."""
 
@@ -87,6 +100,19 @@ class BlobReader:
         # Only a check that passed lets the next reads skip theirs (concurrent
         # reads that came in meanwhile checked too).
         self._checked = now
+        return data
+
+    def read_now(self, offset: int, length: int) -> memoryview | None:
+        """``read`` if it needs no wait, for the event loop: every byte in the
+        page cache and the stamp unchanged after the read; else None (the
+        caller reads in a worker, which hashes the file again if it changed)."""
+        if self.stamp is None:
+            return None
+        want = max(0, min(length, self.size - offset))
+        data = read_nowait(self.fd, want, offset)
+        if data is None or len(data) != want or Stamp.of_fd(self.fd) != self.stamp:
+            return None
+        self._checked = time.monotonic()
         return data
 
     def fresh(self) -> bool:

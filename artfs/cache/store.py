@@ -31,7 +31,7 @@ from artfs.cache.partial import (
     StoreBlob,
     Workers,
 )
-from artfs.cache.readers import BlobReader
+from artfs.cache.readers import BlobReader, read_nowait
 from artfs.cache.stamps import StampBook
 from artfs.cache.verify import BlobError, Stamp, verify_fd
 from artfs.digest import READ_CHUNK
@@ -258,19 +258,15 @@ class BlobCache:
                 known = self._local_stamps.get(digest)
             if known is None or Stamp.of_fd(fd) != known or known.size != size:
                 return None
-            buf = bytearray(size + 1)  # one byte more shows a blob that grew
-            try:
-                got = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
-            except OSError:  # EAGAIN: not in the page cache; EOPNOTSUPP: no RWF_NOWAIT
-                return None
-            if got != size or Stamp.of_fd(fd) != known:
+            data = read_nowait(fd, size + 1, 0)  # one byte more shows a blob that grew
+            if data is None or len(data) != size or Stamp.of_fd(fd) != known:
                 return None
         finally:
             os.close(fd)
         if local is None:
             self.counters.hit()
             self.stamps.touch(digest)
-        return bytes(buf[:size])
+        return bytes(data)
 
     def _local_restamp(self, digest: str, stamp: Stamp) -> None:
         self._local_stamps[digest] = stamp

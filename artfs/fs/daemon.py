@@ -229,16 +229,34 @@ def _setup_logging(cfg: MountConfig) -> None:
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if cfg.debug else logging.WARNING)
 
 
-def _fuse_options(cfg: MountConfig) -> set[str]:
+# A lever a benchmark turns on to measure it (ARTFS_BENCH_ON=default-permissions):
+# the kernel's permission checks on a mount only root may enter, too.
+_ALWAYS_CHECKED = "default-permissions" in os.environ.get("ARTFS_BENCH_ON", "").split(",")
+
+
+def _fuse_options(cfg: MountConfig, uid: int | None = None) -> set[str]:
+    """The mount's options: the user's, plus what artfs needs.
+
+    ``default_permissions`` (the kernel checks modes and owners itself) is
+    added unless only root can enter the mount: without ``allow_other`` the
+    kernel lets in only callers whose uids and gids all match the mounter's,
+    and root passes every mode check but execute, which the kernel still
+    makes for files and ``Operations.access`` answers for ``access(2)``.
+    Skipping it spares a request per file created: under it, each create
+    makes the parent's attributes stale and the next create asks for them.
+    """
     # nosuid, nodev: a version never carries set-id bits or devices; say so to the kernel too.
-    options = set(pyfuse3.default_options) | {"fsname=artfs", "subtype=artfs", "nosuid", "nodev"}
+    options = {"fsname=artfs", "subtype=artfs", "nosuid", "nodev"}
     for opt in cfg.options:
         options.update(o.strip() for o in opt.split(",") if o.strip())
+    uid = os.getuid() if uid is None else uid
     if "allow_other" in options and "default_permissions" not in options:
         # Other users in: the kernel must check the modes that carry each
         # project's visibility (access.py), or anyone could read anything.
         log.info("allow_other: adding default_permissions (access by project visibility)")
         options.add("default_permissions")
+    elif uid != 0 or _ALWAYS_CHECKED:
+        options.add("default_permissions")  # the owner's own modes hold for the owner
     return options
 
 

@@ -117,6 +117,10 @@ class FileHandle:
     def read(self, offset: int, length: int) -> bytes:
         raise OSError(errno.EBADF, "not open for reading")
 
+    def read_now(self, offset: int, length: int) -> memoryview | None:
+        """``read`` without waiting (no disk, no store, no hashing), or None."""
+        return None
+
     def write(self, offset: int, data: bytes) -> int:
         raise OSError(errno.EROFS, "read-only file system")
 
@@ -138,6 +142,10 @@ class VersionFileHandle(FileHandle):
 
     def read(self, offset: int, length: int) -> bytes:
         return self.reader.read(offset, length)
+
+    def read_now(self, offset: int, length: int) -> memoryview | None:
+        read_now = getattr(self.reader, "read_now", None)  # lazy readers wait for parts
+        return read_now(offset, length) if read_now is not None else None
 
     def release(self) -> None:
         if self._pool is not None:

@@ -49,6 +49,7 @@ from artfs.cache import BlobError, BlobReader
 from artfs.digest import digest_bytes, is_digest
 from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
+from artfs.fs.listings import ListingPages, Page
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
 from artfs.repo import NotFoundError, Repo, Version
@@ -115,6 +116,7 @@ class MountContext:
     gid: int
     started: float
     readers: ReaderPool = field(default_factory=ReaderPool)
+    listings: ListingPages = field(default_factory=ListingPages)
     health: StoreHealth = field(default_factory=StoreHealth)
     # Owners and modes by project visibility (access.py); off without allow_other.
     access: Access = field(default_factory=lambda: Access(enforced=False, uid=0, gid=0, ttl=0))
@@ -777,11 +779,19 @@ class VersionDirCursor(DirCursor):
     def __init__(self, node: VersionNode) -> None:
         self.node = node
 
-    def entries(self, offset: int, limit: int) -> list[tuple[str, pyfuse3.EntryAttributes, int]]:
+    def entries(self, offset: int, limit: int) -> Page:
         node = self.node
+        # A child is never a version's root, so its attributes are settled;
+        # owners and modes under allow_other follow the project's access.
+        kept = not node.ctx.access.enforced
+        key = (node.tree.index, node.entry.id, offset, limit)
+        if kept and (page := node.ctx.listings.get(key)) is not None:
+            return page
         out = []
         for e in node.tree.manifest.children(node.entry.id, offset, limit):
             out.append((e.name, VersionNode(node.table, node.tree, e).attr(), e.id))
+        if kept:
+            node.ctx.listings.put(key, out)
         return out
 
 

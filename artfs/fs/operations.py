@@ -30,6 +30,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -61,13 +62,15 @@ READDIR_BATCH = 256
 # Levers a benchmark turns off to measure them (ARTFS_BENCH_OFF=fast-paths,xattr-enotsup,...):
 # answering version-tree metadata on the event loop, ENOTSUP for
 # security.*/system.* xattrs, opens of small files whose verified bytes are
-# in the page cache (open-now), and on the loop in staging: lookups,
+# in the page cache (open-now), reads of verified files from the page
+# cache (read-now), and on the loop in staging: lookups,
 # attributes, xattrs, flushes and releases (staged-now), creates
 # (staged-create-now), writes of up to WRITE_NOW bytes (staged-write-now).
 _OFF = set(os.environ.get("ARTFS_BENCH_OFF", "").split(","))
 FAST_PATHS = "fast-paths" not in _OFF
 XATTR_ENOTSUP = "xattr-enotsup" not in _OFF
 OPEN_NOW = "open-now" not in _OFF
+READ_NOW = "read-now" not in _OFF
 STAGED_NOW = "staged-now" not in _OFF
 STAGED_CREATE_NOW = "staged-create-now" not in _OFF
 STAGED_WRITE_NOW = "staged-write-now" not in _OFF
@@ -253,6 +256,18 @@ class Operations(pyfuse3.Operations):
         return self._counted(await self._staged("lookup", what, now, run))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._attr(inode)
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Asked only without default_permissions, where only root enters
+        # (daemon._fuse_options): root may read and write anything here (the
+        # nodes refuse what is read-only), and execute what has an x bit.
+        if not mode & os.X_OK:
+            return True
+        st_mode = (await self._attr(inode)).st_mode
+        return stat.S_ISDIR(st_mode) or bool(st_mode & 0o111)
+
+    async def _attr(self, inode: int) -> pyfuse3.EntryAttributes:
         if self._staged_now(inode, "attr"):
             return await self._staged(
                 "getattr", f"getattr {inode}", True, self._node_call, inode, "attr"
@@ -339,7 +354,7 @@ class Operations(pyfuse3.Operations):
             self.stats.opens_now += handle is not None
         if handle is None:
             handle = await self._call(f"open inode {inode}", inode, "open", flags, ctx)
-        run_id = run_of_process(ctx.pid)  # /proc only: cheap enough for every open
+        run_id = run_of_process(ctx.pid)  # kept per live pid: no /proc read per open
         if run_id is not None:
             await self._run(f"lineage of inode {inode}", self._record_use, inode, run_id)
         fh = self._new_fh()
@@ -347,12 +362,15 @@ class Operations(pyfuse3.Operations):
         self.stats.opens += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=handle.keep_cache, direct_io=handle.direct_io)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._files[fh]
-        if handle.read_blocks:
-            data = await self._run(f"read fh {fh} at {off}", handle.read, off, size)
-        else:
+        what = f"read fh {fh} at {off}"
+        if not handle.read_blocks:
             data = handle.read(off, size)
+        elif READ_NOW and (data := self._now(what, lambda: handle.read_now(off, size))) is not None:
+            self.stats.now["read"] += 1  # from the page cache: a thread hop costs more
+        else:
+            data = await self._run(what, handle.read, off, size)
         self.stats.record(size, len(data))
         return data
 
@@ -538,6 +556,7 @@ _OPS = [
     "flush",
     "fsync",
     "release",
+    "access",
     "getxattr",
     "listxattr",
     "setxattr",
@@ -598,6 +617,7 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "verified_blobs": opener.verified_blobs,
         "verified_bytes": opener.verified_bytes,
         "verify_seconds": round(opener.verify_seconds, 3),
+        "listing_hits": ops.table.ctx.listings.hits,
         "nodes": ops.table.size(),
         "nodes_live": ops.table.live(),
         "lookups_held": len(ops._lookups),
