@@ -272,6 +272,49 @@ class BlobCache:
             self.stamps.touch(digest)
         return bytes(buf[:size])
 
+    def warm(self, digest: str, size: int) -> str:
+        """Ready a small blob for its next open without opening it for anyone
+        (read-ahead, prefetch.py): a local store's file is verified as an open
+        would (its stamp known, its pages read); a cached entry is checked and
+        its pages read; a missing one is fetched into the cache (single
+        flight with any open of it), unless the cache is near its size limit.
+        Serves nothing: every open still checks the stamp. Blocking.
+
+        Returns what it did: "verified", "fetched", "ready" (nothing to do
+        but read its pages) or "full" (skipped: the cache is near its limit).
+        """
+        local = self.store.local_path(self._key_for(digest))
+        if local is not None:
+            known = self._local_stamps.get(digest)
+            reader: BlobReader | None = self._open_local(digest, size, local)
+        else:
+            known = None
+            reader = self.open_cached(digest, size)
+        if reader is not None:
+            try:
+                if local is not None and known != reader.stamp:
+                    return "verified"  # hashed just now: its pages were read
+                os.posix_fadvise(reader.fd, 0, size, os.POSIX_FADV_WILLNEED)
+                return "ready"
+            finally:
+                reader.close()
+        if self.near_limit(size):
+            return "full"
+        self.counters.miss()
+        self.ensure(digest, size)
+        return "fetched"
+
+    def near_limit(self, adding: int, fraction: float = 0.8) -> bool:
+        """Whether ``adding`` bytes more would bring the cache past ``fraction``
+        of its size limit (as this process estimates it): read-ahead stops
+        there, so it never makes the cache evict entries for its guesses."""
+        if self.max_bytes is None:
+            return False
+        with self._size_guard:
+            if self._size_estimate is None:
+                self._size_estimate = eviction.size(self)
+            return self._size_estimate + adding > self.max_bytes * fraction
+
     def _local_restamp(self, digest: str, stamp: Stamp) -> None:
         self._local_stamps[digest] = stamp
 
