@@ -69,7 +69,8 @@ def test_small_files_opened_in_listing_order_are_read_ahead(
     after = m.stats()
     pf = after["prefetch"]
     assert pf["starts"] == 1
-    ahead = len(names) - (prefetch.START + 1)  # the opens before it started are not
+    # The first entry counts as in order: the opens before START-th are not read ahead.
+    ahead = len(names) - prefetch.START
     kind = "fetched" if store_url.startswith("s3://") else "verified"
     assert pf[kind] == ahead
     # A parallel test's drop_caches may evict a few warmed pages: most, not all.
@@ -157,9 +158,10 @@ def test_read_ahead_stays_within_its_bounds(
         for i in range(opened):
             assert (root / f"a/f{i:03d}.bin").read_bytes() == files[f"a/f{i:03d}.bin"]
         pf = _prefetch(m)
-        # Planned from the START-th open on, never more than the window past the last.
-        assert pf["planned"] <= opened - (prefetch.START + 1) + prefetch.window(opened - 1)
-        assert pf["planned"] >= prefetch.window(opened - 1)
+        # Planned from the START-th open on (the first entry counts as in order),
+        # never more than the window past the last open.
+        assert pf["planned"] <= opened - prefetch.START + prefetch.window(opened)
+        assert pf["planned"] >= prefetch.window(opened)
         for name, data in files.items():  # all three directories, in order
             assert (root / name).read_bytes() == data
         pf = _settle(m, running=prefetch.WORKERS)  # each worker held at the pause point

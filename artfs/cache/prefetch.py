@@ -15,7 +15,9 @@ directory. An open is *in order* when it comes after the directory's last
 open and at most ``NEAR`` entries past it: counted in ids before anything is
 planned, in planned listing entries after (a directory's entries are
 numbered in listing order, but a subdirectory's whole tree is numbered
-between two siblings). ``START`` in-order opens in a row start read-ahead;
+between two siblings). A first open that is of the directory's first entry
+counts as in order (a walk starts there). ``START`` in-order opens in a row
+start read-ahead;
 from then on every in-order open keeps a window of entries past it planned,
 ``FIRST_WINDOW`` growing to ``MAX_WINDOW`` (doubling every ``FIRST_WINDOW``
 in-order opens) while the order holds. An open out of order (random access,
@@ -120,20 +122,22 @@ class Prefetcher:
         self.max_queued_seen = 0
         self.max_running_seen = 0
 
-    def opened(self, key: Hashable, entry_id: int, listing: Listing) -> None:
-        """A small file ``entry_id`` of directory ``key`` was opened."""
+    def opened(self, key: Hashable, entry_id: int, listing: Listing, first: bool = False) -> None:
+        """A small file ``entry_id`` of directory ``key`` was opened; ``first``:
+        it is the directory's first entry (a walk starts there: it counts as
+        one open in order)."""
         if self.workers <= 0:
             return
         with self._lock:
-            plan = self._note(key, entry_id)
+            plan = self._note(key, entry_id, first)
         if plan is not None:
             self._plan(*plan, listing)
 
-    def _note(self, key: Hashable, entry_id: int) -> tuple[_Dir, int, int, int] | None:
+    def _note(self, key: Hashable, entry_id: int, first: bool) -> tuple[_Dir, int, int, int] | None:
         """Record the open; what to plan now (directory, generation, after, count), if anything."""
         d = self._dirs.get(key)
         if d is None:
-            self._dirs[key] = _Dir(entry_id, planned_to=entry_id)
+            self._dirs[key] = _Dir(entry_id, streak=int(first), planned_to=entry_id)
             if len(self._dirs) > MAX_DIRS:
                 self._dirs.popitem(last=False)
             return None

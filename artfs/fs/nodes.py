@@ -769,7 +769,9 @@ class VersionNode(Node):
         def listing(after: int, count: int) -> list[tuple[int, str | None, int]]:
             return [_warmable(tree, e) for e in tree.manifest.children(parent, after, count)]
 
-        self.ctx.opener.prefetch.opened((tree.index, parent), self.entry.id, listing)
+        # A directory's first entry comes right after it: ids follow sorted paths.
+        first = self.entry.id == parent + 1
+        self.ctx.opener.prefetch.opened((tree.index, parent), self.entry.id, listing, first)
 
     def xattrs(self) -> dict[str, bytes]:
         if self.entry.is_file:
