@@ -140,11 +140,11 @@ def test_a_blob_damaged_after_its_read_ahead_is_never_served(
 
 
 def test_read_ahead_stays_within_its_bounds(
-    api: Api, tmp_path: Path, new_mount, artfs_env: dict[str, str]
+    api: Api, store_url: str, tmp_path: Path, new_mount, artfs_env: dict[str, str]
 ) -> None:
     """With every warm held at a pause point, opens still work (read-ahead
     never blocks them), a directory is planned at most its window past its
-    last open, at most WORKERS warms run and at most MAX_QUEUED are queued."""
+    last open, at most its workers' count of warms run and at most MAX_QUEUED are queued."""
     files = _files({"a": 100, "b": 100, "c": 100})
     _put(api, tmp_path, files)
     gate = tmp_path / "go"
@@ -164,12 +164,15 @@ def test_read_ahead_stays_within_its_bounds(
         assert pf["planned"] >= prefetch.window(opened)
         for name, data in files.items():  # all three directories, in order
             assert (root / name).read_bytes() == data
-        pf = _settle(m, running=prefetch.WORKERS)  # each worker held at the pause point
-        assert pf["max_running"] == prefetch.WORKERS
+        workers = pf["workers"]
+        remote = store_url.startswith("s3://")
+        assert workers == (prefetch.REMOTE_WORKERS if remote else prefetch.WORKERS)
+        pf = _settle(m, running=workers)  # each worker held at the pause point
+        assert pf["max_running"] == workers
         assert pf["max_queued"] == prefetch.MAX_QUEUED == pf["planned"]
         assert pf["queued"] <= prefetch.MAX_QUEUED
     finally:
         gate.write_text("")
     pf = _settle(m)
-    assert pf["max_running"] == prefetch.WORKERS and pf["max_queued"] == prefetch.MAX_QUEUED
+    assert pf["max_running"] == workers and pf["max_queued"] == prefetch.MAX_QUEUED
     assert (root / "c/f099.bin").read_bytes() == files["c/f099.bin"]

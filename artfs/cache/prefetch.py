@@ -28,8 +28,9 @@ changes nothing.
 Work, and its bounds. Planning is one indexed query of the directory's next
 entries in the open's own thread (``listing``: the manifest is open, so it
 needs no store; the event loop may run it, as it answers lookups); warming
-(``BlobCache.warm``) runs on ``WORKERS`` daemon threads of this process's
-own, so at most that many blobs are being made ready at once. At most
+(``BlobCache.warm``) runs on ``workers_for`` daemon threads of this
+process's own (``WORKERS`` for a local store, ``REMOTE_WORKERS`` for an
+object store), so at most that many blobs are being made ready at once. At most
 ``MAX_QUEUED`` warms are queued or running over all directories: a plan
 takes only the room left, and a later in-order open plans the rest. At most
 ``MAX_DIRS`` directories are followed (the least recently opened is
@@ -71,8 +72,12 @@ NEAR = 3
 START = 2
 FIRST_WINDOW = 8
 MAX_WINDOW = 64
-# ARTFS_PREFETCH_WORKERS=0 turns read-ahead off (for bench/ to measure it on and off).
-WORKERS = int(os.environ.get("ARTFS_PREFETCH_WORKERS", "4"))
+# Threads warming blobs: a local disk gains little past a few requests at
+# once; an object store's requests mostly wait out its latency, so more pay
+# (bench/bench_prefetch.py). ARTFS_PREFETCH_WORKERS sets both (0: read-ahead
+# off, for bench/ to measure it on and off).
+WORKERS = 4
+REMOTE_WORKERS = 16
 MAX_QUEUED = 128
 MAX_DIRS = 64
 
@@ -95,6 +100,14 @@ class _Dir:
     done: bool = False  # the listing ended
     planning: bool = False
     generation: int = 0  # moved by every restart: a plan of before is dropped
+
+
+def workers_for(local: bool) -> int:
+    """Warming threads for a store in a local directory or not (ARTFS_PREFETCH_WORKERS wins)."""
+    env = os.environ.get("ARTFS_PREFETCH_WORKERS", "")
+    if env.isdigit():
+        return int(env)
+    return WORKERS if local else REMOTE_WORKERS
 
 
 def window(streak: int) -> int:
@@ -246,6 +259,7 @@ class Prefetcher:
                 "max_queued": self.max_queued_seen,
                 "max_running": self.max_running_seen,
                 "dirs": len(self._dirs),
+                "workers": self.workers,
             }
 
     def close(self) -> None:
