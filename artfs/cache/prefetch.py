@@ -23,7 +23,11 @@ from then on every in-order open keeps a window of entries past it planned,
 in-order opens) while the order holds. An open out of order (random access,
 a seek back) stops the directory's read-ahead: its window starts over.
 Opens in random order therefore start none. Re-opening the last file
-changes nothing.
+changes nothing. Once the planned window reaches the end of a directory's
+listing, the next in-order open there also plans the first window of the
+directory the walk goes to next (``next_dir``: its next sibling directory),
+as if its walk had begun: the first opens of each directory of a ``tar``
+need not wait either. That is done once per run in order.
 
 Work, and its bounds. Planning is one indexed query of the directory's next
 entries in the open's own thread (``listing``: the manifest is open, so it
@@ -87,6 +91,11 @@ MAX_DIRS = 64
 Listing = Callable[[int, int], list[tuple[int, str | None, int]]]
 
 
+# The directory a walk goes to after this one (its next sibling directory):
+# (key, its own entry id, its listing), or None.
+NextDir = Callable[[], "tuple[Hashable, int, Listing] | None"]
+
+
 class Warmer(Protocol):
     def warm(self, digest: str, size: int) -> str: ...
 
@@ -99,6 +108,7 @@ class _Dir:
     planned_to: int = 0  # the next plan lists entries after this id
     done: bool = False  # the listing ended
     planning: bool = False
+    chained: bool = False  # the next directory was planned
     generation: int = 0  # moved by every restart: a plan of before is dropped
 
 
@@ -135,16 +145,56 @@ class Prefetcher:
         self.max_queued_seen = 0
         self.max_running_seen = 0
 
-    def opened(self, key: Hashable, entry_id: int, listing: Listing, first: bool = False) -> None:
+    def opened(
+        self,
+        key: Hashable,
+        entry_id: int,
+        listing: Listing,
+        first: bool = False,
+        next_dir: NextDir | None = None,
+    ) -> None:
         """A small file ``entry_id`` of directory ``key`` was opened; ``first``:
         it is the directory's first entry (a walk starts there: it counts as
-        one open in order)."""
+        one open in order); ``next_dir``: where the walk goes after it."""
         if self.workers <= 0:
             return
         with self._lock:
             plan = self._note(key, entry_id, first)
+            d = self._dirs.get(key)
+            chain = d is not None and d.done and d.streak >= START and not d.chained
+            if chain and d is not None:
+                d.chained = True
+                want = window(d.streak)
         if plan is not None:
             self._plan(*plan, listing)
+        if chain and next_dir is not None:
+            self._chain(next_dir, want)
+
+    def _chain(self, next_dir: NextDir, want: int) -> None:
+        """A walk in order reached the end of its directory's listing: plan the
+        first ``want`` entries of the directory it goes to next."""
+        try:
+            nxt = next_dir()
+        except (StoreError, OSError, sqlite3.Error) as e:
+            log.debug("read-ahead: cannot find the next directory: %s", e)
+            return
+        if nxt is None:
+            return
+        key, start_id, listing = nxt
+        with self._lock:
+            if key in self._dirs:
+                return
+            # Its own id as the last open: its first entry comes next, in order.
+            d = self._dirs[key] = _Dir(start_id, streak=START - 1, planned_to=start_id)
+            if len(self._dirs) > MAX_DIRS:
+                self._dirs.popitem(last=False)
+            need = min(want, self.max_queued - self._queued)
+            if need <= 0:
+                return
+            d.planning = True
+            self._queued += need
+            self.counts["chained"] += 1
+        self._plan(d, d.generation, start_id, need, listing)
 
     def _note(self, key: Hashable, entry_id: int, first: bool) -> tuple[_Dir, int, int, int] | None:
         """Record the open; what to plan now (directory, generation, after, count), if anything."""
@@ -161,7 +211,7 @@ class Prefetcher:
         d.last_id = entry_id
         del d.ahead[: bisect.bisect_right(d.ahead, entry_id)]
         if not in_order:
-            d.streak, d.done, d.planning = 0, False, False
+            d.streak, d.done, d.planning, d.chained = 0, False, False, False
             d.ahead.clear()
             d.planned_to = entry_id
             d.generation += 1

@@ -46,6 +46,7 @@ import pyfuse3
 
 from artfs import names
 from artfs.cache import BlobError, BlobReader
+from artfs.cache.prefetch import Listing
 from artfs.digest import digest_bytes, is_digest
 from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import (
@@ -766,12 +767,21 @@ class VersionNode(Node):
             return
         tree, parent = self.tree, self.entry.parent
 
-        def listing(after: int, count: int) -> list[tuple[int, str | None, int]]:
-            return [_warmable(tree, e) for e in tree.manifest.children(parent, after, count)]
+        def next_dir() -> tuple[tuple[int, int], int, Listing] | None:
+            m = tree.manifest
+            here = m.entry(parent)
+            if here is None or here.id == ROOT_ID:
+                return None
+            for e in m.children(here.parent, here.id, 16):
+                if e.is_dir:
+                    return (tree.index, e.id), e.id, _listing(tree, e.id)
+            return None
 
         # A directory's first entry comes right after it: ids follow sorted paths.
         first = self.entry.id == parent + 1
-        self.ctx.opener.prefetch.opened((tree.index, parent), self.entry.id, listing, first)
+        self.ctx.opener.prefetch.opened(
+            (tree.index, parent), self.entry.id, _listing(tree, parent), first, next_dir
+        )
 
     def xattrs(self) -> dict[str, bytes]:
         if self.entry.is_file:
@@ -791,6 +801,15 @@ class VersionNode(Node):
             "metadata": json.dumps(v.metadata, sort_keys=True),
         }
         return {XATTR_PREFIX + k: val.encode() for k, val in fields.items()}
+
+
+def _listing(tree: VersionTree, parent: int) -> Listing:
+    """Read-ahead's view of directory ``parent``: its entries after an id."""
+
+    def listing(after: int, count: int) -> list[tuple[int, str | None, int]]:
+        return [_warmable(tree, e) for e in tree.manifest.children(parent, after, count)]
+
+    return listing
 
 
 def _warmable(tree: VersionTree, e: Entry) -> tuple[int, str | None, int]:
