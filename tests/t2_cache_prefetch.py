@@ -3,6 +3,7 @@ process on a real local store and cache, fed the opens a walk makes."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import pytest
 
 from artfs.api import Api
 from artfs.cache.prefetch import FIRST_WINDOW, START, Listing, Prefetcher
+from artfs.cache.store import NEAR_LIMIT
+from artfs.config import load_settings
 from artfs.manifest import Manifest
 from artfs.repo.layout import blob_key
 from tests.trees import make_tree
@@ -134,3 +137,29 @@ def test_a_walk_in_order_reads_the_next_directory_ahead(tmp_path: Path) -> None:
         assert all(api.repo.cache.warm(d, n) == "ready" for d, n in d1)  # all verified before
     finally:
         p.close()
+
+
+def test_read_ahead_stops_near_the_cache_size_limit(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an object store read-ahead fetches into the cache only while the
+    cache stays under NEAR_LIMIT of its size (fetches in flight included):
+    it never makes it evict."""
+    files = {f"d/f{i:02d}.bin": hashlib.shake_256(b"%d" % i).digest(1000) for i in range(40)}
+    api = Api(store=s3_url, cache=str(tmp_path / "put-cache"))
+    api.put([make_tree(tmp_path / "src", files)], "proj/ds")
+    manifest = api.repo.manifest(api.repo.version("proj", "ds", 0))
+    monkeypatch.setenv("ARTFS_CONFIG", str(tmp_path / "config.toml"))
+    monkeypatch.setenv("ARTFS_CACHE_SIZE", "20KB")
+    cache = Api(settings=load_settings(s3_url, str(tmp_path / "cold"))).repo.cache
+    assert cache.max_bytes == 20 * 1024
+    p = Prefetcher(cache)
+    try:
+        for i in range(40):
+            _open(p, manifest, f"d/f{i:02d}.bin")
+        s = _idle(p)
+    finally:
+        p.close()
+    room = int(cache.max_bytes * NEAR_LIMIT) // 1000
+    assert s["fetched"] == room and s["full"] == 40 - START - room, s
+    assert cache.size() == room * 1000  # nothing evicted, nothing past the limit

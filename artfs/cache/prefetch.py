@@ -41,9 +41,10 @@ takes only the room left, and a later in-order open plans the rest. At most
 forgotten). Warming a local store's blob verifies it as an open would (its
 stamp becomes known, its pages are read); an object store's blob is fetched
 into the cache (single flight with any real open of it, by
-``BlobCache.ensure``) unless the cache is within ``near_limit`` of its size
-limit: read-ahead stops there and never makes the cache evict for a guess;
-an entry already cached has its stamp checked and its pages read.
+``BlobCache.ensure``) unless the cache would then hold more than
+``NEAR_LIMIT`` of its size limit (store.py; fetches in flight included):
+read-ahead stops there and never makes the cache evict for a guess; an
+entry already cached has its stamp checked and its pages read.
 
 What it may not do. It never serves bytes nor hands out a reader: every
 real open checks stamps and verifies exactly as without it, so a blob

@@ -42,6 +42,9 @@ log = logging.getLogger("artfs.cache")
 
 PART_SIZE = 8 << 20
 READAHEAD_PARTS = 8
+# Read-ahead fetches into the cache only while it holds less than this share
+# of its size limit (``warm``); eviction prunes to eviction.PRUNE_TO, above.
+NEAR_LIMIT = 0.8
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -76,6 +79,7 @@ class BlobCache:
         self.max_bytes = max_bytes
         self._size_estimate: int | None = None
         self._size_guard = threading.Lock()
+        self._reserved = 0  # bytes read-ahead fetches are adding (``_reserve_room``)
         self.store = store
         self._key_for = key_for
         for sub in ("blobs", "tmp", "locks", "partial", "stamps"):
@@ -277,7 +281,8 @@ class BlobCache:
         (read-ahead, prefetch.py): a local store's file is verified as an open
         would (its stamp known, its pages read); a cached entry is checked and
         its pages read; a missing one is fetched into the cache (single
-        flight with any open of it), unless the cache is near its size limit.
+        flight with any open of it), unless the cache is near its size limit
+        (``NEAR_LIMIT``).
         Serves nothing: every open still checks the stamp. Blocking.
 
         Returns what it did: "verified", "fetched", "ready" (nothing to do
@@ -298,22 +303,35 @@ class BlobCache:
                 return "ready"
             finally:
                 reader.close()
-        if self.near_limit(size):
+        if not self._reserve_room(size):
             return "full"
-        self.counters.miss()
-        self.ensure(digest, size)
+        try:
+            self.counters.miss()
+            self.ensure(digest, size)
+        finally:
+            self._release_room(size)
         return "fetched"
 
-    def near_limit(self, adding: int, fraction: float = 0.8) -> bool:
-        """Whether ``adding`` bytes more would bring the cache past ``fraction``
-        of its size limit (as this process estimates it): read-ahead stops
-        there, so it never makes the cache evict entries for its guesses."""
+    def _reserve_room(self, adding: int, fraction: float = NEAR_LIMIT) -> bool:
+        """Reserve ``adding`` bytes for a fetch unless they would bring the cache
+        past ``fraction`` of its size limit (as this process estimates it, with
+        the fetches reserved so far): read-ahead stops there, so it never makes
+        the cache evict entries for its guesses."""
         if self.max_bytes is None:
-            return False
+            return True
         with self._size_guard:
             if self._size_estimate is None:
                 self._size_estimate = eviction.size(self)
-            return self._size_estimate + adding > self.max_bytes * fraction
+            if self._size_estimate + self._reserved + adding > self.max_bytes * fraction:
+                return False
+            self._reserved += adding
+            return True
+
+    def _release_room(self, adding: int) -> None:
+        """The reserved fetch is done (``grew`` counted what it added) or failed."""
+        if self.max_bytes is not None:
+            with self._size_guard:
+                self._reserved -= adding
 
     def _local_restamp(self, digest: str, stamp: Stamp) -> None:
         self._local_stamps[digest] = stamp
