@@ -166,17 +166,20 @@ class Prefetcher:
             if chain and d is not None:
                 d.chained = True
                 want = window(d.streak)
-        if plan is not None:
-            self._plan(*plan, listing)
-        if chain and next_dir is not None:
-            self._chain(next_dir, want)
+        try:  # never fails the open that called it
+            if plan is not None:
+                self._plan(*plan, listing)
+            if chain and next_dir is not None:
+                self._chain(next_dir, want)
+        except Exception:
+            log.exception("read-ahead failed unexpectedly")
 
     def _chain(self, next_dir: NextDir, want: int) -> None:
         """A walk in order reached the end of its directory's listing: plan the
         first ``want`` entries of the directory it goes to next."""
         try:
             nxt = next_dir()
-        except (StoreError, OSError, sqlite3.Error) as e:
+        except (StoreError, OSError, sqlite3.Error, ValueError) as e:  # ManifestError too
             log.debug("read-ahead: cannot find the next directory: %s", e)
             return
         if nxt is None:
@@ -245,8 +248,11 @@ class Prefetcher:
         rows: list[tuple[int, str | None, int]] | None
         try:
             rows = listing(after, need)
-        except (StoreError, OSError, sqlite3.Error) as e:
+        except (StoreError, OSError, sqlite3.Error, ValueError) as e:  # ManifestError too
             log.debug("read-ahead: cannot list the next entries: %s", e)
+            rows = None
+        except Exception:  # a bug: still give back the room reserved below
+            log.exception("read-ahead: listing failed unexpectedly")
             rows = None
         warms = []
         with self._lock:
