@@ -42,6 +42,9 @@ log = logging.getLogger("artfs.cache")
 
 PART_SIZE = 8 << 20
 READAHEAD_PARTS = 8
+# Read-ahead fetches into the cache only while it holds less than this share
+# of its size limit (``warm``); eviction prunes to eviction.PRUNE_TO, above.
+NEAR_LIMIT = 0.8
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -76,6 +79,7 @@ class BlobCache:
         self.max_bytes = max_bytes
         self._size_estimate: int | None = None
         self._size_guard = threading.Lock()
+        self._reserved = 0  # bytes read-ahead fetches are adding (``_reserve_room``)
         self.store = store
         self._key_for = key_for
         for sub in ("blobs", "tmp", "locks", "partial", "stamps"):
@@ -267,6 +271,63 @@ class BlobCache:
             self.counters.hit()
             self.stamps.touch(digest)
         return bytes(data)
+
+    def warm(self, digest: str, size: int) -> str:
+        """Ready a small blob for its next open without opening it for anyone
+        (read-ahead, prefetch.py): a local store's file is verified as an open
+        would (its stamp known, its pages read); a cached entry is checked and
+        its pages read; a missing one is fetched into the cache (single
+        flight with any open of it), unless the cache is near its size limit
+        (``NEAR_LIMIT``).
+        Serves nothing: every open still checks the stamp. Blocking.
+
+        Returns what it did: "verified", "fetched", "ready" (nothing to do
+        but read its pages) or "full" (skipped: the cache is near its limit).
+        """
+        local = self.store.local_path(self._key_for(digest))
+        if local is not None:
+            known = self._local_stamps.get(digest)
+            reader: BlobReader | None = self._open_local(digest, size, local)
+        else:
+            known = None
+            reader = self.open_cached(digest, size)
+        if reader is not None:
+            try:
+                if local is not None and known != reader.stamp:
+                    return "verified"  # hashed just now: its pages were read
+                os.posix_fadvise(reader.fd, 0, size, os.POSIX_FADV_WILLNEED)
+                return "ready"
+            finally:
+                reader.close()
+        if not self._reserve_room(size):
+            return "full"
+        try:
+            self.counters.miss()
+            self.ensure(digest, size)
+        finally:
+            self._release_room(size)
+        return "fetched"
+
+    def _reserve_room(self, adding: int, fraction: float = NEAR_LIMIT) -> bool:
+        """Reserve ``adding`` bytes for a fetch unless they would bring the cache
+        past ``fraction`` of its size limit (as this process estimates it, with
+        the fetches reserved so far): read-ahead stops there, so it never makes
+        the cache evict entries for its guesses."""
+        if self.max_bytes is None:
+            return True
+        with self._size_guard:
+            if self._size_estimate is None:
+                self._size_estimate = eviction.size(self)
+            if self._size_estimate + self._reserved + adding > self.max_bytes * fraction:
+                return False
+            self._reserved += adding
+            return True
+
+    def _release_room(self, adding: int) -> None:
+        """The reserved fetch is done (``grew`` counted what it added) or failed."""
+        if self.max_bytes is not None:
+            with self._size_guard:
+                self._reserved -= adding
 
     def _local_restamp(self, digest: str, stamp: Stamp) -> None:
         self._local_stamps[digest] = stamp

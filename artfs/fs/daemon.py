@@ -360,6 +360,7 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         status = 1
     finally:
         pyfuse3.close(unmount=True)
+        ctx.opener.prefetch.close()
         staging.close()
         with contextlib.suppress(OSError):
             if cfg.pid_file.read_text().strip() == str(os.getpid()):

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from artfs.cache import BlobCache, BlobError
+from artfs.cache.prefetch import Prefetcher, workers_for
 from artfs.cache.referents import open_reference_lazy
 from artfs.manifest import Entry
 from artfs.objects import ObjectStore
@@ -288,6 +289,8 @@ class BlobOpener:
         self.cache = cache
         self.store = store
         self.referents = referents or Referents()
+        # Read-ahead of small files opened in listing order (cache/prefetch.py).
+        self.prefetch = Prefetcher(cache, workers_for(store.is_local))
 
     @property
     def verified_blobs(self) -> int:

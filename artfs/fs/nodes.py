@@ -46,9 +46,17 @@ import pyfuse3
 
 from artfs import names
 from artfs.cache import BlobError, BlobReader
+from artfs.cache.prefetch import Listing
 from artfs.digest import digest_bytes, is_digest
 from artfs.fs.access import Access, ProjectAccess
-from artfs.fs.files import EMPTY, BlobOpener, FileHandle, ReaderPool, VersionFileHandle
+from artfs.fs.files import (
+    EMPTY,
+    SMALL_FILE,
+    BlobOpener,
+    FileHandle,
+    ReaderPool,
+    VersionFileHandle,
+)
 from artfs.fs.listings import ListingPages, Page
 from artfs.manifest import DIR, FILE, ROOT_ID, SYMLINK, Entry, Manifest
 from artfs.objects import StoreError
@@ -733,6 +741,7 @@ class VersionNode(Node):
         assert self.entry.digest is not None
         if self.entry.size == 0 and self.entry.digest == EMPTY_DIGEST:
             return VersionFileHandle(EMPTY)
+        self._read_ahead()
         pool = self.ctx.readers
         reader = pool.acquire(self.inode)
         if reader is None:
@@ -750,8 +759,31 @@ class VersionNode(Node):
         reader = self.ctx.opener.open_now(e.digest, e.size)
         if reader is None:
             return None
+        self._read_ahead()
         pool = self.ctx.readers
         return VersionFileHandle(pool.add(self.inode, reader), pool, self.inode)
+
+    def _read_ahead(self) -> None:
+        """Tell the read-ahead (cache/prefetch.py) that this small file was opened."""
+        if self.entry.size > SMALL_FILE:
+            return
+        tree, parent = self.tree, self.entry.parent
+
+        def next_dir() -> tuple[tuple[int, int], int, Listing] | None:
+            m = tree.manifest
+            here = m.entry(parent)
+            if here is None or here.id == ROOT_ID:
+                return None
+            for e in m.children(here.parent, here.id, 16):
+                if e.is_dir:
+                    return (tree.index, e.id), e.id, _listing(tree, e.id)
+            return None
+
+        # A directory's first entry comes right after it: ids follow sorted paths.
+        first = self.entry.id == parent + 1
+        self.ctx.opener.prefetch.opened(
+            (tree.index, parent), self.entry.id, _listing(tree, parent), first, next_dir
+        )
 
     def xattrs(self) -> dict[str, bytes]:
         if self.entry.is_file:
@@ -771,6 +803,27 @@ class VersionNode(Node):
             "metadata": json.dumps(v.metadata, sort_keys=True),
         }
         return {XATTR_PREFIX + k: val.encode() for k, val in fields.items()}
+
+
+def _listing(tree: VersionTree, parent: int) -> Listing:
+    """Read-ahead's view of directory ``parent``: its entries after an id."""
+
+    def listing(after: int, count: int) -> list[tuple[int, str | None, int]]:
+        return [_warmable(tree, e) for e in tree.manifest.children(parent, after, count)]
+
+    return listing
+
+
+def _warmable(tree: VersionTree, e: Entry) -> tuple[int, str | None, int]:
+    """A listed entry for read-ahead: (id, digest of a small blob to warm or None, size)."""
+    try:
+        tree.check(e)  # untrusted: a malformed row is only skipped here
+    except BlobError:
+        return e.id, None, 0
+    small = e.is_file and not e.is_reference and 0 < e.size <= SMALL_FILE
+    if not small or e.digest is None or e.digest == EMPTY_DIGEST:
+        return e.id, None, 0
+    return e.id, e.digest, e.size
 
 
 class VersionDirCursor(DirCursor):

@@ -618,6 +618,7 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "verified_bytes": opener.verified_bytes,
         "verify_seconds": round(opener.verify_seconds, 3),
         "listing_hits": ops.table.ctx.listings.hits,
+        "prefetch": opener.prefetch.stats(),
         "nodes": ops.table.size(),
         "nodes_live": ops.table.live(),
         "lookups_held": len(ops._lookups),
