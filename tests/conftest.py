@@ -124,6 +124,22 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "store_left_inconsistent: the test breaks its store on purpose; skip the check"
     )
+    if not hasattr(config, "workerinput"):  # once, in the process that starts the workers
+        _compile_sources()
+
+
+def _compile_sources() -> None:
+    """Byte-compile artfs and tests once per run. The suite starts the CLI and the
+    daemon as ``python -m artfs.cli`` in a subprocess again and again; where
+    PYTHONDONTWRITEBYTECODE is set (as on machines that keep checkouts clean of
+    __pycache__) no process writes a .pyc and each of them compiles all of artfs
+    again (a third of its start-up CPU). A .pyc is still read when there, and
+    checked against its source's mtime, so an edit is never run stale."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("artfs", "tests"):
+        compileall.compile_dir(root / package, quiet=1)
 
 
 @pytest.hookimpl(hookwrapper=True)
