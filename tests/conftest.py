@@ -142,6 +142,26 @@ def _compile_sources() -> None:
         compileall.compile_dir(root / package, quiet=1)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` keep an ``xdist_group`` on one worker under pytest 9.
+    xdist 3.8 names the group in the test's id by setting ``item._nodeid``, which
+    pytest 9 no longer reads (the id is ``item._id``), so without this each test
+    of a group goes to whichever worker is free and the group's shared session
+    fixture (the 4 GiB TTFB blob) is made once per worker."""
+    if not getattr(config.option, "loadgroup", False):
+        return  # not an xdist worker under --dist loadgroup
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+            for m in item.iter_markers("xdist_group")
+        }
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(groups))}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
