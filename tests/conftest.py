@@ -124,6 +124,42 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "store_left_inconsistent: the test breaks its store on purpose; skip the check"
     )
+    if not hasattr(config, "workerinput"):  # once, in the process that starts the workers
+        _compile_sources()
+
+
+def _compile_sources() -> None:
+    """Byte-compile artfs and tests once per run. The suite starts the CLI and the
+    daemon as ``python -m artfs.cli`` in a subprocess again and again; where
+    PYTHONDONTWRITEBYTECODE is set (as on machines that keep checkouts clean of
+    __pycache__) no process writes a .pyc and each of them compiles all of artfs
+    again (a third of its start-up CPU). A .pyc is still read when there, and
+    checked against its source's mtime, so an edit is never run stale."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("artfs", "tests"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``--dist loadgroup`` keep an ``xdist_group`` on one worker under pytest 9.
+    xdist 3.8 names the group in the test's id by setting ``item._nodeid``, which
+    pytest 9 no longer reads (the id is ``item._id``), so without this each test
+    of a group goes to whichever worker is free and the group's shared session
+    fixture (the 4 GiB TTFB blob) is made once per worker."""
+    if not getattr(config.option, "loadgroup", False):
+        return  # not an xdist worker under --dist loadgroup
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        groups = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+            for m in item.iter_markers("xdist_group")
+        }
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(groups))}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -241,6 +241,8 @@ def _gets_for_the_first_byte(
     return gets
 
 
+# One worker runs both TTFB tests, so the 4 GiB upload is made once a run.
+@pytest.mark.xdist_group("ttfb_store")
 def test_the_first_byte_costs_one_part_whatever_the_file_size(
     ttfb_store: TtfbStore, proxy: FaultProxy, tmp_path: Path
 ) -> None:

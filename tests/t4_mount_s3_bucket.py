@@ -115,6 +115,8 @@ def test_two_daemons_with_their_own_caches_share_one_bucket(
         ]
 
 
+# One worker runs both TTFB tests, so the 4 GiB upload is made once a run.
+@pytest.mark.xdist_group("ttfb_store")
 def test_the_first_byte_through_the_mount_costs_a_few_parts_whatever_the_file_size(
     mounts,
     ttfb_store: TtfbStore,
