@@ -364,13 +364,15 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         handle = self._files[fh]
-        what = f"read fh {fh} at {off}"
         if not handle.read_blocks:
-            data = handle.read(off, size)
-        elif READ_NOW and (data := self._now(what, lambda: handle.read_now(off, size))) is not None:
-            self.stats.now["read"] += 1  # from the page cache: a thread hop costs more
+            data = handle.read(off, size)  # in memory: no description of it built
         else:
-            data = await self._run(what, handle.read, off, size)
+            what = f"read fh {fh} at {off}"
+            data = self._now(what, lambda: handle.read_now(off, size)) if READ_NOW else None
+            if data is not None:
+                self.stats.now["read"] += 1  # from the page cache: a thread hop costs more
+            else:
+                data = await self._run(what, handle.read, off, size)
         self.stats.record(size, len(data))
         return data
 
