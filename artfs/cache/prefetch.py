@@ -189,9 +189,7 @@ class Prefetcher:
             if key in self._dirs:
                 return
             # Its own id as the last open: its first entry comes next, in order.
-            d = self._dirs[key] = _Dir(start_id, streak=START - 1, planned_to=start_id)
-            if len(self._dirs) > MAX_DIRS:
-                self._dirs.popitem(last=False)
+            d = self._follow(key, _Dir(start_id, streak=START - 1, planned_to=start_id))
             need = min(want, self.max_queued - self._queued)
             if need <= 0:
                 return
@@ -204,9 +202,7 @@ class Prefetcher:
         """Record the open; what to plan now (directory, generation, after, count), if anything."""
         d = self._dirs.get(key)
         if d is None:
-            self._dirs[key] = _Dir(entry_id, streak=int(first), planned_to=entry_id)
-            if len(self._dirs) > MAX_DIRS:
-                self._dirs.popitem(last=False)
+            self._follow(key, _Dir(entry_id, streak=int(first), planned_to=entry_id))
             return None
         self._dirs.move_to_end(key)
         if entry_id == d.last_id:
@@ -236,6 +232,14 @@ class Prefetcher:
         d.planning = True
         self._queued += need  # reserved for the warms the plan may queue
         return d, d.generation, d.planned_to, need
+
+    def _follow(self, key: Hashable, d: _Dir) -> _Dir:
+        """Start following directory ``key`` (the lock held), forgetting the
+        least recently opened one past ``MAX_DIRS``."""
+        self._dirs[key] = d
+        if len(self._dirs) > MAX_DIRS:
+            self._dirs.popitem(last=False)
+        return d
 
     @staticmethod
     def _near(d: _Dir, entry_id: int) -> bool:
