@@ -51,6 +51,10 @@ class Mount:
         """The daemon's counters: reads, request sizes, cache fetches, verifications."""
         return json.loads(os.getxattr(self.path, "user.artfs.stats"))
 
+    def requests(self) -> dict[str, int]:
+        """Requests the daemon has answered so far, by opcode."""
+        return {op: n for op, (n, _seconds) in self.stats()["ops"].items()}
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -8,13 +8,12 @@ the counts around real tools so a change that sends a request per file again
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 
 import pytest
 
-from tests.mounting import Mount, mounted_here
+from tests.mounting import mounted_here
 
 FILES = 300
 
@@ -31,19 +30,14 @@ def mnt(api, store_url, cache_dir, artfs_env, tmp_path):
         yield m, src
 
 
-def _ops(m: Mount) -> dict[str, int]:
-    stats = json.loads(os.getxattr(m.path, "user.artfs.stats"))
-    return {op: n for op, (n, _seconds) in stats["ops"].items()}
-
-
 def test_requests_are_counted_by_opcode(mnt) -> None:
     m, _ = mnt
-    before = _ops(m)
+    before = m.requests()
     os.listdir(m.path / "proj/many/v0/d0")
-    after = _ops(m)
+    after = m.requests()
     assert after["opendir"] == before.get("opendir", 0) + 1
     assert after["readdir"] > before.get("readdir", 0)
-    again = _ops(m)
+    again = m.requests()
     # Each count is taken inside its own request, the next one sees it; a read
     # of the stats is two (os.getxattr tries a 128-byte buffer first: ERANGE).
     assert again["getxattr"] == after["getxattr"] + 2
@@ -66,11 +60,11 @@ def test_ls_l_probes_cost_one_request_per_run_not_per_file(mnt) -> None:
     assert os.getxattr(f, "user.artfs.digest").startswith(b"xxh128:")
 
     for _ in range(2):  # the second pass too (it used to be the slower one)
-        before = _ops(m)
+        before = m.requests()
         out = subprocess.run(
             ["ls", "-lR", str(version)], check=True, capture_output=True, text=True
         ).stdout
-        after = _ops(m)
+        after = m.requests()
         assert out.count(".txt") == FILES
         assert after["getxattr"] - before["getxattr"] <= 5, "an xattr probe per file again"
     # ls -l shows the same sizes and modes as the source
@@ -89,10 +83,10 @@ def test_second_epoch_reopens_small_files_without_a_worker_thread(mnt) -> None:
     assert len(paths) == FILES  # more than the 256 idle readers that hold an fd
     for p in paths:
         assert (version / p).read_bytes() == (src / p).read_bytes()
-    before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    before = m.stats()
     for p in paths:
         assert (version / p).read_bytes() == (src / p).read_bytes()
-    after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    after = m.stats()
     assert after["opens"] - before["opens"] == FILES
     assert after["reopens"] - before["reopens"] == FILES
 
@@ -114,9 +108,9 @@ def test_a_second_listing_pass_is_answered_from_kept_pages(mnt) -> None:
     assert [(p, size) for p, size, _ in first] == sorted(
         (str(p.relative_to(src)), p.stat().st_size) for p in src.rglob("*.txt")
     )
-    before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    before = m.stats()
     assert listing() == first
-    after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+    after = m.stats()
     readdirs = after["ops"]["readdir"][0] - before["ops"]["readdir"][0]
     assert readdirs > 0, "the kernel cached the listing: nothing was tested"
     # Every page of the second pass (the version's root page, which is kept
@@ -139,9 +133,9 @@ def test_reads_of_a_file_in_the_page_cache_are_answered_without_a_worker_thread(
             # The kernel's copy goes; the daemon's file (cache entry or the
             # local store's own) stays in the page cache.
             os.posix_fadvise(held.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            before = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+            before = m.stats()
             assert held.read() == data
-            after = json.loads(os.getxattr(m.path, "user.artfs.stats"))
+            after = m.stats()
     reads = after["reads"] - before["reads"]
     now = after["now"].get("read", 0) - before["now"].get("read", 0)
     assert reads > 0, "the kernel kept its copy: nothing reached the daemon"

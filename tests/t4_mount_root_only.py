@@ -5,7 +5,6 @@ execute needs an x bit, read-only trees stay read-only."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -25,11 +24,6 @@ def _options(m: Mount) -> set[str]:
         if fields[1] == str(m.path):
             return set(fields[3].split(","))
     raise AssertionError(f"{m.path} is not mounted")
-
-
-def _ops(m: Mount) -> dict[str, int]:
-    stats = json.loads(os.getxattr(m.path, "user.artfs.stats"))
-    return {op: n for op, (n, _seconds) in stats["ops"].items()}
 
 
 def test_only_a_mount_just_root_enters_goes_unchecked(tmp_path: Path) -> None:
@@ -81,9 +75,9 @@ def test_creates_in_staging_no_longer_ask_for_the_parent(mnt, tmp_path: Path) ->
         (src / f"f{i:03d}").write_text(f"{i}\n")
     art = mnt.path / "proj/made"
     art.mkdir()
-    before = _ops(mnt)
+    before = mnt.requests()
     subprocess.run(["cp", "-r", f"{src}/.", str(art / "staging")], check=True, timeout=60)
-    after = _ops(mnt)
+    after = mnt.requests()
     creates = after["create"] - before.get("create", 0)
     getattrs = after.get("getattr", 0) - before.get("getattr", 0)
     assert creates == FILES

@@ -11,7 +11,6 @@ each write, times after each utime, every file in the version.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -20,14 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, mounted_here
+from tests.mounting import mounted_here
 from tests.trees import read_tree
 
 FILES = 120
-
-
-def _stats(m: Mount) -> dict:
-    return json.loads(os.getxattr(m.path, "user.artfs.stats"))
 
 
 def _delta(before: dict, after: dict, key: str) -> dict[str, int]:
@@ -49,9 +44,9 @@ def test_cp_r_into_staging_is_answered_on_the_loop(mnt, tmp_path: Path) -> None:
     art = mnt.path / "proj/loop"
     art.mkdir(parents=True)
     staging = art / "staging"
-    before = _stats(mnt)
+    before = mnt.stats()
     subprocess.run(["cp", "-r", f"{src}/.", str(staging)], check=True, timeout=120)
-    after = _stats(mnt)
+    after = mnt.stats()
     now = _delta(before, after, "now")
     # Each file: a negative lookup, create, one write, flush and release, on the loop.
     for op in ("lookup", "create", "write", "flush", "release"):
@@ -68,7 +63,7 @@ def test_getattr_on_the_loop_sees_each_acknowledged_change(mnt) -> None:
     (mnt.path / "proj/attrs").mkdir(parents=True)
     staging = mnt.path / "proj/attrs/staging"
     path = staging / "grow.bin"
-    before = _stats(mnt)
+    before = mnt.stats()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         written = 0
@@ -96,7 +91,7 @@ def test_getattr_on_the_loop_sees_each_acknowledged_change(mnt) -> None:
     assert not (staging / "absent").exists()
     (staging / "absent").write_bytes(b"now here")  # the negative entry gives way
     assert (staging / "absent").read_bytes() == b"now here"
-    now = _delta(before, _stats(mnt), "now")
+    now = _delta(before, mnt.stats(), "now")
     assert now.get("getattr", 0) >= 1 and now.get("lookup", 0) >= 1, now
 
 
@@ -129,7 +124,7 @@ def test_a_commit_holding_the_area_never_holds_the_loop(
                 assert time.monotonic() < deadline, "the commit never reached its pause"
                 time.sleep(0.02)
             # The commit holds the area's lock now: a create there must go to a worker.
-            before = _stats(m)
+            before = m.stats()
             late.start()
             time.sleep(0.5)
             answered: dict = {}
@@ -137,7 +132,7 @@ def test_a_commit_holding_the_area_never_holds_the_loop(
             def ask() -> None:
                 answered["b"] = (other / "b.txt").stat().st_size
                 answered["a"] = (staging / "a.txt").stat().st_size
-                answered["stats"] = _stats(m)
+                answered["stats"] = m.stats()
 
             asker = threading.Thread(target=ask, daemon=True)
             asker.start()
