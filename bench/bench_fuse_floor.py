@@ -287,14 +287,15 @@ def _requests_line(
 
 
 def measure(base: Path, src: Path, files: int, label: str) -> None:
-    from bench.common import cp_r, report
+    from bench.common import cp_r, remove_tree, report, settle
 
     plain = cp_r(src, base / "plain-copy")
     synced = cp_r(src, base / "plain-copy", sync=True)
-    subprocess.run(["rm", "-rf", str(base / "plain-copy")], check=True)
+    remove_tree(base / "plain-copy")
     for mode in MODES:
         proc, mnt, backing = _mount(base, mode, label)
         try:
+            settle(base)  # no creates timed right after a delete (bench/common.settle)
             before = _ops(mnt)
             start = time.perf_counter()
             subprocess.run(["cp", "-r", f"{src}/.", str(mnt / "copy")], check=True)
@@ -314,7 +315,7 @@ def measure(base: Path, src: Path, files: int, label: str) -> None:
             print(_requests_line(before, after, files), flush=True)
         finally:
             _unmount(proc, mnt)
-        subprocess.run(["rm", "-rf", str(backing)], check=True)
+        remove_tree(backing)
 
 
 def main() -> None:

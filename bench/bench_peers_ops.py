@@ -53,8 +53,10 @@ from bench.common import (
     drop_caches,
     human,
     local_store_env,
+    remove_tree,
     report,
     run,
+    settle,
     workdir,
 )
 from tests.mounting import Mount, mounted
@@ -165,9 +167,10 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label
     art = m.path / "bench" / artifact
     art.mkdir(parents=True, exist_ok=True)
     staging = art / "staging"
-    plain = cp_r(src, src.parent / f"{src.name}-copy")
-    synced = cp_r(src, src.parent / f"{src.name}-copy", sync=True)
-    shutil.rmtree(src.parent / f"{src.name}-copy")
+    copies = [src.parent / f"{src.name}-copy", src.parent / f"{src.name}-copy-synced"]
+    plain = cp_r(src, copies[0])
+    synced = cp_r(src, copies[1], sync=True)
+    settle()  # the copies stay until after the timed run: no deletes just before it
     r = Requests(m)
     start = time.perf_counter()
     subprocess.run(["cp", "-r", f"{src}/.", str(staging)], check=True)
@@ -180,6 +183,8 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label
         more={"cp -r && sync": synced},
     )
     print(r.line(files), flush=True)
+    for copy in copies:
+        remove_tree(copy)
 
 
 def rewrite_40(root: Path) -> None:
@@ -403,7 +408,8 @@ def main() -> None:
             dvc_seconds = dvc_rows(dvc, base / "dvc", medium)
         if not only or "put" in only:
             plain = cp_r(medium, base / "data" / "medium-copy")
-            shutil.rmtree(base / "data" / "medium-copy")
+            remove_tree(base / "data" / "medium-copy")
+            settle()
             start = time.perf_counter()
             api.put([medium], "bench/medium-put")
             t = time.perf_counter() - start
