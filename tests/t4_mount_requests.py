@@ -118,6 +118,29 @@ def test_a_second_listing_pass_is_answered_from_kept_pages(mnt) -> None:
     assert after["listing_hits"] - before["listing_hits"] == readdirs
 
 
+def test_attributes_asked_again_after_reads_come_from_kept_pages(mnt) -> None:
+    m, src = mnt
+    version = m.path / "proj/many/v0"
+    listed = {}
+    for d in sorted(os.listdir(version)):
+        for e in os.scandir(version / d):  # readdirplus: pages kept, attributes with them
+            st = e.stat(follow_symlinks=False)
+            listed[f"{d}/{e.name}"] = (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns)
+    before = m.stats()
+    for rel, (ino, size, mode, mtime_ns) in listed.items():
+        with open(version / rel, "rb") as f:
+            assert f.read() == (src / rel).read_bytes()
+            # The read marked the atime stale (a writable mount): fstat asks again.
+            st = os.fstat(f.fileno())
+        assert (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns) == (ino, size, mode, mtime_ns)
+        assert st.st_size == (src / rel).stat().st_size
+    after = m.stats()
+    getattrs = after["ops"]["getattr"][0] - before["ops"]["getattr"][0]
+    assert getattrs >= FILES, "the kernel asked nothing: nothing was tested"
+    # Every file's getattr was answered from its kept listing page.
+    assert after["attr_hits"] - before["attr_hits"] >= FILES
+
+
 def test_reads_of_a_file_in_the_page_cache_are_answered_without_a_worker_thread(
     api, store_url, artfs_env, tmp_path
 ) -> None:

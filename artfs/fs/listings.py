@@ -13,6 +13,11 @@ at. Bounded by entries, least recently used first out.
 Not kept: pages whose attributes depend on something that can change (a
 version's root, owners and modes under ``allow_other``) — the caller
 decides (``VersionDirCursor``).
+
+The attributes in kept pages also answer ``getattr`` of their entries
+(``attr``): on a writable mount the kernel asks for a file's attributes
+again after each read it sends (the atime it marked stale), one request a
+file in a cold ``tar``, and each was a SQLite query and a row check.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ class ListingPages:
     def __init__(self, max_entries: int = KEPT_ENTRIES) -> None:
         self.max_entries = max_entries
         self.hits = 0
+        self.attr_hits = 0
         self._pages: OrderedDict[PageKey, Page] = OrderedDict()
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}  # by inode, from kept pages
         self._entries = 0
         self._lock = threading.Lock()
 
@@ -47,15 +54,30 @@ class ListingPages:
                 self.hits += 1
             return page
 
+    def attr(self, inode: int) -> pyfuse3.EntryAttributes | None:
+        """The attributes of ``inode`` as a kept page has them, if one does."""
+        a = self._attrs.get(inode)  # one dict read: atomic under the GIL
+        if a is not None:
+            self.attr_hits += 1
+        return a
+
     def put(self, key: PageKey, page: Page) -> None:
         if len(page) > self.max_entries:
             return
         with self._lock:
             old = self._pages.pop(key, None)
             if old is not None:
-                self._entries -= len(old)
+                self._drop(old)
             self._pages[key] = page
             self._entries += len(page)
+            for _name, a, _next in page:
+                self._attrs[a.st_ino] = a
             while self._entries > self.max_entries:
                 _, dropped = self._pages.popitem(last=False)
-                self._entries -= len(dropped)
+                self._drop(dropped)
+
+    def _drop(self, page: Page) -> None:
+        self._entries -= len(page)
+        for _name, a, _next in page:
+            if self._attrs.get(a.st_ino) is a:
+                del self._attrs[a.st_ino]

@@ -274,7 +274,10 @@ class Operations(pyfuse3.Operations):
             return await self._staged(
                 "getattr", f"getattr {inode}", True, self._node_call, inode, "attr"
             )
-        return await self._call(f"getattr {inode}", inode, "attr", now=self._answers_now(inode))
+        now = self._answers_now(inode)
+        if now and (kept := self.table.ctx.listings.attr(inode)) is not None:
+            return kept  # a version entry's attributes, as its kept listing page has them
+        return await self._call(f"getattr {inode}", inode, "attr", now=now)
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         if self._staged_now(inode, "readlink"):
@@ -622,6 +625,7 @@ def stats_of(ops: Operations, opener: Any, cache: Any) -> dict[str, Any]:
         "verified_bytes": opener.verified_bytes,
         "verify_seconds": round(opener.verify_seconds, 3),
         "listing_hits": ops.table.ctx.listings.hits,
+        "attr_hits": ops.table.ctx.listings.attr_hits,
         "prefetch": opener.prefetch.stats(),
         "nodes": ops.table.size(),
         "nodes_live": ops.table.live(),
