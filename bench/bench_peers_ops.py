@@ -223,11 +223,18 @@ def two_passes(
 
 
 def read_rows(
-    m: Mount, tree: Path, version: Path, files: int, cold: bool, rclone: Path | None
+    m: Mount,
+    tree: Path,
+    version: Path,
+    files: int,
+    cold: bool,
+    rclone: Path | None,
+    ro: Mount | None = None,
 ) -> None:
     """Each command twice on the plain directory, then twice through the mount
-    (and through rclone): a second pass is compared with the plain directory's
-    own second pass."""
+    (through a read-only mount of the same store, ``-o ro``, and through
+    rclone): a second pass is compared with the plain directory's own second
+    pass."""
     rows = [
         ("tar c", "tar cf - . | cat > /dev/null"),
         ("find", "find . > /dev/null"),
@@ -236,6 +243,8 @@ def read_rows(
     for label, cmd in rows:
         plain = two_passes(cmd, tree, cold)
         mount = two_passes(cmd, version, cold, m, files)
+        ro_version = ro.path / version.relative_to(m.path) if ro else None
+        read_only = two_passes(cmd, ro_version, cold, ro, files) if ro and ro_version else []
         peer = two_passes(cmd, rclone, cold) if rclone else []
         for i, state in enumerate(("cold", "second pass")):
             base_t, (t, line) = plain[i][0], mount[i]
@@ -246,6 +255,14 @@ def read_rows(
                 baseline_label="plain",
             )
             print(line, flush=True)
+            if read_only:
+                report(
+                    f"{label} small through the read-only mount, {state}",
+                    read_only[i][0],
+                    baseline=base_t,
+                    baseline_label="plain",
+                )
+                print(read_only[i][1], flush=True)
             if peer:
                 report(
                     f"{label} small through rclone, {state}",
@@ -439,8 +456,16 @@ def main() -> None:
                 for i, lever in enumerate(levers):
                     lever_rows(base, env, lever, medium, small, mf, sf, args.medium_only, i)
             if not only or "read" in only:
-                with peer_mount(base, small) as rc:
-                    read_rows(m, small, m.path / "bench/small/v0", sf, cold, rc)
+                ro_mount = mounted(
+                    base / "mnt-ro",
+                    store_url=env["ARTFS_STORE"],
+                    cache_dir=Path(env["ARTFS_CACHE"]),
+                    state_dir=base / "state-ro",
+                    env=env,
+                    args=["-o", "ro"],
+                )
+                with peer_mount(base, small) as rc, ro_mount as ro:
+                    read_rows(m, small, m.path / "bench/small/v0", sf, cold, rc, ro)
             if not only or "dd" in only:
                 with peer_mount(base, big.parent) as rc:
                     rc_file = rc / big.name if rc else None
