@@ -5,7 +5,9 @@ read it sends, and the next stat of the file (``tar``'s fstat, ``cp -p``,
 ``rsync``) asks the daemon for its attributes: a request per file read cold.
 A read-only superblock keeps no atime, so that request is gone; writes are
 refused by the kernel (EROFS) before they reach the daemon, and nothing is
-committed. These tests read the same files through a writable and a
+committed. With nothing written, no close needs a flush: the first answers
+ENOSYS and the kernel sends no more (a writable mount keeps them: drafts
+publish at close). These tests read the same files through a writable and a
 read-only mount of one store and count the getattr requests each answered.
 """
 
@@ -69,6 +71,10 @@ def test_a_read_only_mount_asks_no_attributes_after_reads(
         # Writable: the atime each read made stale costs a getattr per file.
         assert counts["rw"].get("getattr", 0) >= FILES, counts
         assert counts["ro"].get("getattr", 0) <= 2, counts
+        # Read-only, nothing written: the first close answered ENOSYS, the
+        # kernel sent no flush after it. Writable: a flush per close.
+        assert counts["rw"].get("flush", 0) >= FILES, counts
+        assert counts["ro"].get("flush", 0) <= 1, counts
 
 
 def test_a_read_only_mount_refuses_writes_and_commits_nothing(

@@ -343,7 +343,8 @@ def run_daemon(cfg: MountConfig, notify: Callable[[str], None]) -> int:
         table = InodeTable(ctx)
         staging = install_writes(table, cfg.settings.state_dir)
         _recover_at_start(repo, staging)
-        ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS))
+        # Read-only: nothing can be written, so no close needs its flush.
+        ops = Operations(table, trio.CapacityLimiter(WORKER_THREADS), no_flush="ro" in options)
         table.stats = lambda: stats_of(ops, ctx.opener, repo.cache)
         pyfuse3.init(ops, str(cfg.mountpoint), options)
     except Exception as e:

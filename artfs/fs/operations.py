@@ -84,9 +84,10 @@ WRITEBACK_CACHE = "writeback-cache" in _ON
 WRITE_NOW = (1 << 20) if "big-writes-now" in _ON else 128 << 10
 # ENOSYS to the first flush: the kernel sends none again, on any file (one
 # request less per file closed, read or written: a `tar` re-read 2 requests a
-# file instead of 3, ~15% faster in a same-run A/B). Off: the kernel's flag is
-# the whole mount's, and drafts need their flush, where close(2) publishes a
-# file to the other machines and returns a conflict's error (t4_mount_drafts).
+# file instead of 3, ~15% faster in a same-run A/B). Only on a read-only mount
+# (`Operations(no_flush=...)`): the kernel's flag is the whole mount's, and
+# drafts need their flush, where close(2) publishes a file to the other
+# machines and returns a conflict's error (t4_mount_drafts).
 FLUSH_ENOSYS = "flush-enosys" in _ON
 
 
@@ -135,10 +136,13 @@ class ReadStats:
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = WRITEBACK_CACHE
 
-    def __init__(self, table: InodeTable, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self, table: InodeTable, limiter: trio.CapacityLimiter, *, no_flush: bool = False
+    ) -> None:
         super().__init__()
         self.table = table
         self.limiter = limiter
+        self.no_flush = no_flush or FLUSH_ENOSYS  # ENOSYS to the first flush
         self.stats = ReadStats()
         self.lineage = RunRecorder(table.ctx.repo)
         self._files: dict[int, FileHandle] = {}
@@ -387,7 +391,7 @@ class Operations(pyfuse3.Operations):
         return await self._staged("write", f"write fh {fh}", now, handle.write, off, buf)
 
     async def flush(self, fh: int) -> None:
-        if FLUSH_ENOSYS:
+        if self.no_flush:
             raise pyfuse3.FUSEError(errno.ENOSYS)
         handle = self._files.get(fh)
         flush = getattr(handle, "flush", None)
