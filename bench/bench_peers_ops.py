@@ -171,6 +171,7 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label
     plain = cp_r(src, copies[0])
     synced = cp_r(src, copies[1], sync=True)
     settle()  # the copies stay until after the timed run: no deletes just before it
+    os.sync()  # the commit's syncfs then writes back this copy, not the baselines'
     r = Requests(m)
     start = time.perf_counter()
     subprocess.run(["cp", "-r", f"{src}/.", str(staging)], check=True)

@@ -155,6 +155,7 @@ def cp_r(src: Path, dest: Path, *, sync: bool = False) -> float:
     first, and ext4's guard waited out (``settle``)."""
     remove_tree(dest)
     settle(dest.parent)
+    os.sync()  # the sync timed is this copy's, not what earlier steps left dirty
 
     def run() -> None:
         subprocess.run(["cp", "-r", str(src), str(dest)], check=True)
