@@ -55,6 +55,14 @@ class Mount:
         """Requests the daemon has answered so far, by opcode."""
         return {op: n for op, (n, _seconds) in self.stats()["ops"].items()}
 
+    def options(self) -> set[str]:
+        """The mount's options as the kernel shows them (``/proc/self/mounts``)."""
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if fields[1] == str(self.path):
+                return set(fields[3].split(","))
+        raise AssertionError(f"{self.path} is not mounted")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -13,17 +13,9 @@ import pytest
 
 from artfs.config import Settings
 from artfs.fs.daemon import MountConfig, _fuse_options
-from tests.mounting import Mount, mounted_here
+from tests.mounting import mounted_here
 
 FILES = 60
-
-
-def _options(m: Mount) -> set[str]:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == str(m.path):
-            return set(fields[3].split(","))
-    raise AssertionError(f"{m.path} is not mounted")
 
 
 def test_only_a_mount_just_root_enters_goes_unchecked(tmp_path: Path) -> None:
@@ -53,7 +45,7 @@ def mnt(api, store_url, artfs_env, tmp_path):
 
 def test_root_only_mount_answers_access_and_exec_as_the_kernel_would(mnt) -> None:
     assert os.getuid() == 0
-    assert "default_permissions" not in _options(mnt)
+    assert "default_permissions" not in mnt.options()
     v0 = mnt.path / "proj/tools/v0"
     data, script = v0 / "data.csv", v0 / "bin/run.sh"
     assert os.access(data, os.R_OK)
