@@ -243,28 +243,24 @@ def read_rows(
     ]
     for label, cmd in rows:
         plain = two_passes(cmd, tree, cold)
-        mount = two_passes(cmd, version, cold, m, files)
-        ro_version = ro.path / version.relative_to(m.path) if ro else None
-        read_only = two_passes(cmd, ro_version, cold, ro, files) if ro and ro_version else []
+        sides = [("the mount", two_passes(cmd, version, cold, m, files))]
+        if ro:
+            ro_version = ro.path / version.relative_to(m.path)
+            sides.append(("the read-only mount", two_passes(cmd, ro_version, cold, ro, files)))
         peer = two_passes(cmd, rclone, cold) if rclone else []
         for i, state in enumerate(("cold", "second pass")):
-            base_t, (t, line) = plain[i][0], mount[i]
-            report(
-                f"{label} small through the mount, {state}",
-                t,
-                baseline=base_t,
-                baseline_label="plain",
-            )
-            print(line, flush=True)
-            if read_only:
+            base_t = plain[i][0]
+            for where, passes in sides:
+                t, line = passes[i]
                 report(
-                    f"{label} small through the read-only mount, {state}",
-                    read_only[i][0],
+                    f"{label} small through {where}, {state}",
+                    t,
                     baseline=base_t,
                     baseline_label="plain",
                 )
-                print(read_only[i][1], flush=True)
+                print(line, flush=True)
             if peer:
+                t = sides[0][1][i][0]
                 report(
                     f"{label} small through rclone, {state}",
                     peer[i][0],
