@@ -422,7 +422,8 @@ def cmd_cache_info(args: argparse.Namespace) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> None:
-    from artfs.fs.daemon import MountError, mount_command
+    from artfs.fs.daemon import mount_command
+    from artfs.fs.mountpoints import MountError
 
     try:
         mount_command(args)
@@ -431,7 +432,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
 
 
 def cmd_umount(args: argparse.Namespace) -> None:
-    from artfs.fs.daemon import MountError, umount_command
+    from artfs.fs.mountpoints import MountError, umount_command
 
     try:
         umount_command(args)

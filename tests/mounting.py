@@ -29,14 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def _daemon() -> Any:
-    """``artfs.fs.daemon``, imported at the first mount: it imports pyfuse3, and
-    the lower tiers (t1, t2), which import this module through conftest, must be
-    collected and run where pyfuse3 is not installed."""
-    from artfs.fs import daemon
-
-    return daemon
+# Imports no pyfuse3: the lower tiers (t1, t2) import this module through
+# conftest and run where pyfuse3 is not installed.
+from artfs.fs import mountpoints
 
 
 @dataclass
@@ -144,7 +139,7 @@ def start_mount(
         env=env,
         timeout=90,
     )
-    pid_file, log_file = _daemon().mount_files(state_dir, mountpoint.absolute())
+    pid_file, log_file = mountpoints.mount_files(state_dir, mountpoint.absolute())
     if proc.returncode != 0:
         log = log_file.read_text(errors="replace") if log_file.exists() else "(no log)"
         raise AssertionError(f"artfs mount exited {proc.returncode}:\n{proc.stderr}\nlog:\n{log}")
@@ -154,18 +149,17 @@ def start_mount(
 
 def stop_mount(m: Mount) -> None:
     """Unmount and make sure the daemon is gone, whatever state the mount is in."""
-    daemon = _daemon()
     try:
-        if daemon.mounted_fs_type(m.path) is not None:
+        if mountpoints.mounted_fs_type(m.path) is not None:
             proc = artfs_cli("umount", str(m.path), "--state", str(m.state_dir), env=m.env)
             if proc.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
     finally:
-        if not daemon.wait_for_exit(m.pid, 10) and daemon.process_alive(m.pid):
+        if not mountpoints.wait_for_exit(m.pid, 10) and mountpoints.process_alive(m.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(m.pid, signal.SIGKILL)
-            daemon.wait_for_exit(m.pid, 10)
-        if daemon.mounted_fs_type(m.path) is not None:
+            mountpoints.wait_for_exit(m.pid, 10)
+        if mountpoints.mounted_fs_type(m.path) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
 
 

@@ -49,6 +49,21 @@ def test_the_block_is_real() -> None:
     assert proc.returncode != 0 and "pyfuse3" in proc.stderr, proc.stderr
 
 
+def test_unmounting_needs_no_fuse_library(tmp_path: Path) -> None:
+    """``artfs umount`` and the tests' mount harness use ``artfs.fs.mountpoints``,
+    which imports neither pyfuse3 nor trio: an unmount pays for neither."""
+    code = (
+        "import sys; sys.modules['pyfuse3'] = None; sys.modules['trio'] = None; "
+        "import artfs.cli, tests.mounting; "
+        f"sys.exit(artfs.cli.main(['umount', '{tmp_path}', '--state', '{tmp_path}']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    # Refused as a user error (nothing is mounted there), not an ImportError.
+    assert proc.returncode == 2 and "is not mounted" in proc.stderr, proc.stderr
+
+
 def test_no_lower_tier_test_mounts() -> None:
     """A mount needs FUSE and, for most options, root: those tests belong in t4 or t5."""
     mounting = re.compile(r"\bmounted\(|\bstart_mount\(|\"mount\",|artfs\.fs\b|pyfuse3")

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from artfs.api import Api
-from artfs.fs.daemon import is_stale, mounted_fs_type, process_alive, wait_for_exit
+from artfs.fs.mountpoints import is_stale, mounted_fs_type, process_alive, wait_for_exit
 from artfs.manifest import ManifestBuilder
 from artfs.repo import commit_tree, hash_files
 from artfs.repo.layout import blob_key

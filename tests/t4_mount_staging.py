@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from artfs.api import Api
-from artfs.fs.daemon import wait_for_exit
+from artfs.fs.mountpoints import wait_for_exit
 from artfs.objects import ObjectStore, open_store
 from artfs.repo import layout
 from tests.mounting import artfs_cli, mounted_here, stop_mount

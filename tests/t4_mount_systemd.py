@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from artfs.fs.daemon import mounted_fs_type, wait_for_exit
+from artfs.fs.mountpoints import mounted_fs_type, wait_for_exit
 from tests.mounting import artfs_cli
 
 ROOT = Path(__file__).resolve().parent.parent

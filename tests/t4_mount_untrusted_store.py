@@ -18,7 +18,7 @@ import pytest
 
 from artfs.api import Api
 from artfs.digest import digest_bytes, digest_file
-from artfs.fs.daemon import process_alive
+from artfs.fs.mountpoints import process_alive
 from artfs.manifest import ManifestBuilder
 from artfs.repo import RepoError, Version, layout
 from tests.mounting import mounted_here

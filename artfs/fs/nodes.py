@@ -48,6 +48,7 @@ from artfs import names
 from artfs.cache import BlobError, BlobReader
 from artfs.cache.prefetch import Listing
 from artfs.digest import digest_bytes, is_digest
+from artfs.fs import XATTR_PREFIX
 from artfs.fs.access import Access, ProjectAccess
 from artfs.fs.files import (
     EMPTY,
@@ -76,7 +77,6 @@ BLOCK = 512
 # The st_size of every directory, in versions and in staging alike (that of a
 # small ext4 directory), so du -sb of a version equals that of its source.
 DIR_SIZE = 4096
-XATTR_PREFIX = "user.artfs."
 EMPTY_DIGEST = digest_bytes(b"")
 
 

@@ -39,12 +39,12 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
+from artfs.fs import XATTR_PREFIX
 from artfs.fs.errors import to_fuse_error
 from artfs.fs.files import FileHandle, VersionFileHandle
 from artfs.fs.lineage import RunRecorder, run_of_process
 from artfs.fs.nodes import (
     TREE_SHIFT,
-    XATTR_PREFIX,
     InodeTable,
     Node,
     VersionDirCursor,

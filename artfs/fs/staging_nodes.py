@@ -55,11 +55,11 @@ from typing import Any
 
 import pyfuse3
 
+from artfs.fs import XATTR_PREFIX
 from artfs.fs.files import FileHandle
 from artfs.fs.lineage import run_of_process
 from artfs.fs.nodes import (
     DIR_SIZE,
-    XATTR_PREFIX,
     DirCursor,
     InodeTable,
     Node,
