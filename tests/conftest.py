@@ -148,7 +148,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     xdist 3.8 names the group in the test's id by setting ``item._nodeid``, which
     pytest 9 no longer reads (the id is ``item._id``), so without this each test
     of a group goes to whichever worker is free and the group's shared session
-    fixture (the 4 GiB TTFB blob) is made once per worker."""
+    fixture (the 2.5 GiB TTFB blob) is made once per worker."""
     if not getattr(config.option, "loadgroup", False):
         return  # not an xdist worker under --dist loadgroup
     from _pytest.nodeid import coerce_node_id

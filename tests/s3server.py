@@ -164,16 +164,18 @@ def s3_url(s3server: S3Server) -> str:
     return s3server.url()
 
 
-# -- a 4 GiB blob and a 40 MiB one, stored once per session ------------------
+# -- a 2.5 GiB blob and a 40 MiB one, stored once per session ----------------
 
-BIG_SIZE = 4 << 30
+# 64x the small one, and past 2**31: an offset that a signed 32-bit int would
+# wrap is read (t4_mount_read covers offsets past 2**32 on a local store).
+BIG_SIZE = 5 << 29
 SMALL_SIZE = 40 << 20
 _ZERO_CHUNK = 16 << 20
 
 
 @dataclass
 class TtfbStore:
-    """A store holding ``proj/ttfb:v0`` with ``big.bin`` (4 GiB of zeros) and
+    """A store holding ``proj/ttfb:v0`` with ``big.bin`` (2.5 GiB of zeros) and
     ``small.bin`` (40 MiB, random). Read-only for the tests that use it."""
 
     url: str
@@ -229,7 +231,7 @@ def store_ttfb_version(
 
 @pytest.fixture(scope="session")
 def ttfb_store(s3server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> TtfbStore:
-    """Built once per session: the 4 GiB upload takes SeaweedFS half a minute."""
+    """Built once per session: the 2.5 GiB upload takes SeaweedFS ~20 s."""
     return store_ttfb_version(s3server, tmp_path_factory.mktemp("ttfb-cache"))
 
 

@@ -241,13 +241,13 @@ def _gets_for_the_first_byte(
     return gets
 
 
-# One worker runs both TTFB tests, so the 4 GiB upload is made once a run.
+# One worker runs both TTFB tests, so the 2.5 GiB upload is made once a run.
 @pytest.mark.xdist_group("ttfb_store")
 def test_the_first_byte_costs_one_part_whatever_the_file_size(
     ttfb_store: TtfbStore, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """A cold read waits for the one part it touches, of a 40 MiB file as of a
-    100x larger one: counted on the wire, not timed (bench_s3 times it)."""
+    64x larger one: counted on the wire, not timed (bench_s3 times it)."""
     for size, digest in ((SMALL_SIZE, ttfb_store.small_digest), (BIG_SIZE, ttfb_store.big_digest)):
         part = (size // 2) // PART_SIZE
         want = f"bytes={part * PART_SIZE}-{(part + 1) * PART_SIZE - 1}"

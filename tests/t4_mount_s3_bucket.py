@@ -115,14 +115,14 @@ def test_two_daemons_with_their_own_caches_share_one_bucket(
         ]
 
 
-# One worker runs both TTFB tests, so the 4 GiB upload is made once a run.
+# One worker runs both TTFB tests, so the 2.5 GiB upload is made once a run.
 @pytest.mark.xdist_group("ttfb_store")
 def test_the_first_byte_through_the_mount_costs_a_few_parts_whatever_the_file_size(
     mounts,
     ttfb_store: TtfbStore,
 ) -> None:
-    """A cold read in the middle of a 4 GiB file is answered after a few of its
-    512 parts, as in a 40 MiB file, never after the whole file: counted by the
+    """A cold read at 2 GiB into a 2.5 GiB file is answered after a few of its
+    320 parts, as in a 40 MiB file, never after the whole file: counted by the
     daemon, not timed (bench_s3 times it)."""
     for name, offset in (("small.bin", 2 * PART_SIZE), ("big.bin", 2 << 30)):
         m = mounts(f"ttfb-{name}", url=ttfb_store.url)  # a cold cache each time
