@@ -401,6 +401,36 @@ def test_writes_after_a_flush_drop_the_recorded_digest(manager: StagingManager, 
     assert files["g"] == digest_bytes(b"xxxxxYxxxx")
 
 
+def test_a_crash_loses_unsaved_digests_never_a_drop(
+    manager: StagingManager, api: Api, tmp_path: Path
+) -> None:
+    """Digests recorded at close are saved in batches; a drop (a write after
+    the close) reaches the database at once. Read by a second StateDb on the
+    same file while the first is still open: what a daemon killed now leaves."""
+    from artfs.digest import digest_bytes
+    from artfs.staging.state import RECORD_BATCH, StateDb
+
+    area = manager.area("proj", "ds")
+    write(area, "early", b"e" * 10)
+    for i in range(RECORD_BATCH - 1):  # fills the batch: saved with "early"
+        write(area, f"f{i}", b"%d" % i)
+    write(area, "late", b"l" * 10)  # a new batch: in memory only
+    ino = {p: os.lstat(area.files / p).st_ino for p in ("early", "late")}
+    assert area.state.hashed(ino["late"], 10) == digest_bytes(b"l" * 10)
+    h = area.open("early", os.O_RDWR)
+    h.write(0, b"E")  # same size, other bytes: the saved digest is wrong now
+    after_crash = StateDb(area.root / "state.db")
+    try:
+        assert after_crash.hashed(ino["early"], 10) is None  # dropped at once
+        assert after_crash.hashed(ino["late"], 10) is None  # lost: hashed at commit
+    finally:
+        after_crash.close()
+    h.release()
+    files = {p: d for p, _s, d in api.artifact(area.commit().version.ref).files()}
+    assert files["early"] == digest_bytes(b"E" + b"e" * 9)
+    assert files["late"] == digest_bytes(b"l" * 10)
+
+
 def test_commit_on_a_deleted_base_is_refused(manager: StagingManager, api: Api, tmp_path) -> None:
     api.put([make_tree(tmp_path / "a", {"a": "1", "b": "2"})], "proj/ds")
     area = manager.area("proj", "ds")
