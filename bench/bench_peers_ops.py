@@ -170,7 +170,7 @@ def commit_through_staging(m: Mount, src: Path, artifact: str, files: int, label
     copies = [src.parent / f"{src.name}-copy", src.parent / f"{src.name}-copy-synced"]
     plain = cp_r(src, copies[0])
     synced = cp_r(src, copies[1], sync=True)
-    settle()  # the copies stay until after the timed run: no deletes just before it
+    settle(src.parent)  # the copies stay until after the timed run: no deletes just before it
     os.sync()  # the commit's syncfs then writes back this copy, not the baselines'
     r = Requests(m)
     start = time.perf_counter()
@@ -423,7 +423,7 @@ def main() -> None:
         if not only or "put" in only:
             plain = cp_r(medium, base / "data" / "medium-copy")
             remove_tree(base / "data" / "medium-copy")
-            settle()
+            settle(base)
             start = time.perf_counter()
             api.put([medium], "bench/medium-put")
             t = time.perf_counter() - start
