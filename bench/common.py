@@ -127,7 +127,7 @@ def remove_tree(path: Path) -> None:
         _last_delete = time.monotonic()
 
 
-def settle(path: Path = DEFAULT_DIR) -> None:
+def settle(path: Path) -> None:
     """Before a timed run: wait out ext4's guard against reusing freed inodes.
 
     Without a journal ext4 will not hand out an inode freed in the last 30 s
