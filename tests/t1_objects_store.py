@@ -152,6 +152,40 @@ def test_local_moved_file_counts_as_new(tmp_path: Path) -> None:
     assert store.head("blobs/aa/old").mtime > 1e9
 
 
+def test_local_put_files_moving_takes_the_files_themselves(tmp_path: Path) -> None:
+    """With ``move``, a file on the store's filesystem becomes the object as it
+    is (one inode, no copy, no temp file), read-only and with a new mtime
+    (gc's grace period measures from the put); one elsewhere is copied."""
+    store = LocalStore(tmp_path / "s")
+    here = []
+    for i in range(3):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(b"bytes %d" % i)
+        os.utime(p, (0, 0))
+        here.append(p)
+    store.put("blobs/00/f2", b"already here")
+    elsewhere = Path("/dev/shm") / f"artfs-test-{os.getpid()}-{tmp_path.name}"
+    elsewhere.write_bytes(b"from another filesystem")
+    try:
+        assert os.stat(elsewhere).st_dev != os.stat(tmp_path).st_dev
+        items = [(f"blobs/00/f{i}", p) for i, p in enumerate(here)]
+        written = store.put_files([*items, ("blobs/00/shm", elsewhere)], if_absent=True, move=True)
+        assert written == [True, True, False, True]
+        for i in (0, 1):
+            stored = tmp_path / "s" / "blobs" / "00" / f"f{i}"
+            assert os.path.samefile(stored, here[i])  # taken, not copied
+            assert stored.stat().st_mode & 0o222 == 0
+            assert store.head(f"blobs/00/f{i}").mtime > 1e9
+            assert store.get(f"blobs/00/f{i}") == b"bytes %d" % i
+        assert store.get("blobs/00/f2") == b"already here"
+        shm = tmp_path / "s" / "blobs" / "00" / "shm"
+        assert shm.read_bytes() == b"from another filesystem"
+        assert not os.path.samefile(shm, elsewhere)
+        assert os.listdir(tmp_path / "s" / ".tmp") == []
+    finally:
+        elsewhere.unlink()
+
+
 def test_put_files_in_one_call(store: ObjectStore, tmp_path: Path) -> None:
     paths = []
     for i in range(5):

@@ -80,7 +80,9 @@ class ObjectStore(abc.ABC):
         self, key: str, path: Path, *, if_absent: bool = False, move: bool = False
     ) -> None:
         """Upload a local file. ``move`` lets a backend on the same filesystem
-        take the file instead of copying it (the file is gone afterwards)."""
+        take the file instead of copying it: afterwards the file is gone, or
+        is the stored object itself (a hard link), so the caller must remove
+        its name and never write to it."""
 
     def put_files(
         self,

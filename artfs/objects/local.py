@@ -97,6 +97,7 @@ class LocalStore(ObjectStore):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / ".tmp").mkdir(exist_ok=True)
+            self._dev = os.stat(self.root).st_dev
         except OSError as e:
             raise StoreError(f"cannot use {self.root} as a store: {e.strerror}") from e
         self._sweep_tmp()
@@ -298,10 +299,12 @@ class LocalStore(ObjectStore):
         progress: Callable[[int], None] | None = None,
     ) -> list[bool]:
         """Like ``put_file`` for each item, with one flush per batch instead of
-        two per file: copy every file of a batch to a temporary name, make
-        them all durable with one ``syncfs``, link them into place, then fsync
-        each directory touched once. No name ever points at bytes that are not
-        on disk, and all of them are durable when this returns."""
+        two per file: copy every file of a batch to a temporary name (with
+        ``move``, a file on this filesystem is taken as it is, no copy and no
+        temporary name), make them all durable with one ``syncfs``, link them
+        into place, then make the names durable with one more. No name ever
+        points at bytes that are not on disk, and all of them are durable when
+        this returns."""
         results = [False] * len(items)
         with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
             for start in range(0, len(items), _BATCH_FILES):
@@ -334,12 +337,12 @@ class LocalStore(ObjectStore):
                 if progress:
                     progress(path.stat().st_size)
                 return None
-            tmp = self._tmp_path()
-            if move and self._move_in(path, tmp, sync=False):
-                os.chmod(tmp, _BLOB_MODE)
+            taken = self._take(path) if move else None
+            if taken is not None:
                 if progress:
-                    progress(tmp.stat().st_size)
-                return i, tmp, dest
+                    progress(taken.st_size)
+                return i, path, dest
+            tmp = self._tmp_path()
             try:
                 src = os.open(path, os.O_RDONLY)
                 try:
@@ -372,29 +375,58 @@ class LocalStore(ObjectStore):
             list(pool.map(lambda s: fsync_file(s[1]), staged))
         parents: set[Path] = set()
         try:
-            for i, tmp, dest in staged:
+            for i, src, dest in staged:
                 if dest.parent not in parents:
                     self._ensure_parent(dest, parents)
                 if if_absent:
                     try:
-                        os.link(tmp, dest)
+                        os.link(src, dest)
                     except FileExistsError:
                         continue
+                    except OSError as e:
+                        if e.errno != errno.EXDEV:  # a taken file behind a bind mount
+                            raise
+                        results[i] = self._put_copy(items[i][0], src)
+                        continue
                 else:
-                    os.replace(tmp, dest)
+                    os.replace(src, dest)
                 results[i] = True
                 parents.add(dest.parent)
         except OSError as e:
             raise StoreError(f"cannot write into {self.root}: {e.strerror}") from e
         finally:
-            for _, tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
+            for _, src, _ in staged:
+                if src.parent == self.root / ".tmp":  # a copy; a taken file is the caller's
+                    src.unlink(missing_ok=True)
         # The new names (and new directories): one more syncfs, not one
         # journal commit per directory (256 of them for a large batch).
         if SYNCFS_NAMES and _syncfs(self.root):
             return
         for parent in parents:
             fsync_dir(parent)
+
+    def _take(self, path: Path) -> os.stat_result | None:
+        """Ready a caller's file to be linked in as an object as it is: its
+        mtime now (``_stamp``), read-only. None (copy it instead) if it is on
+        another filesystem or not a regular file."""
+        try:
+            st = os.lstat(path)
+            if st.st_dev != self._dev or not stat.S_ISREG(st.st_mode):
+                return None
+            now = time.time_ns()
+            os.utime(path, ns=(now, now), follow_symlinks=False)
+            os.chmod(path, _BLOB_MODE)
+        except OSError as e:
+            raise StoreError(f"cannot move {path} into the store: {e.strerror}") from e
+        return st
+
+    def _put_copy(self, key: str, path: Path) -> bool:
+        """``put_file`` of a copy, if absent; False if the key was taken."""
+        try:
+            self.put_file(key, path, if_absent=True)
+        except PreconditionFailed:
+            return False
+        return True
 
     def _move_in(self, path: Path, tmp: Path, *, sync: bool) -> bool:
         """Rename a local file to ``tmp`` (no copy); False if it is on another filesystem."""
