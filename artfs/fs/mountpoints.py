@@ -74,7 +74,7 @@ def is_stale(mountpoint: Path) -> bool:
     return False
 
 
-def detach(mountpoint: Path) -> None:
+def _detach(mountpoint: Path) -> None:
     """Lazily unmount whatever is on ``mountpoint``; raises MountError if nothing works."""
     errors = []
     for cmd in (["fusermount3", "-u", "-z", str(mountpoint)], ["umount", "-l", str(mountpoint)]):
@@ -94,7 +94,7 @@ def prepare_mountpoint(mountpoint: Path) -> None:
     if is_stale(mountpoint):
         log.warning("%s: a previous daemon died (not connected); detaching it", mountpoint)
         print(f"artfs: {mountpoint}: recovering from a dead mount", file=sys.stderr)
-        detach(mountpoint)
+        _detach(mountpoint)
     if not mountpoint.is_dir():
         raise MountError(f"cannot mount on {mountpoint}: no such directory, or not a directory")
     fs_type = mounted_fs_type(mountpoint)
@@ -140,7 +140,7 @@ def umount_command(args: Any) -> None:
     stale = is_stale(mountpoint)
     pid = None if stale else _daemon_pid(mountpoint, pid_file)
     if stale or getattr(args, "lazy", False):
-        detach(mountpoint)
+        _detach(mountpoint)
     elif mounted_fs_type(mountpoint) is None:
         raise MountError(f"{mountpoint} is not mounted")
     else:
