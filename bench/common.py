@@ -128,23 +128,22 @@ def remove_tree(path: Path) -> None:
 
 
 def settle(path: Path) -> None:
-    """Before a timed run: wait out ext4's guard against reusing freed inodes.
+    """Before a timed run: wait out the worst of ext4's guard against reusing
+    freed inodes, and say once that it is not all of it.
 
     Without a journal ext4 will not hand out an inode freed in the last 30 s
-    (330 s while its inode-table block is still dirty), and every create scans
-    past each such inode: right after an ``rm -rf`` of 10,000 files a create
-    here cost 0.5-1 ms instead of ~50 us (perf: ``recently_deleted`` under
-    ``__ext4_new_inode``). A run timed just after deleting a baseline's copy
-    measured that scan, and whichever side ran second paid it. So: write the
-    inode tables back, then wait until the guard has passed."""
+    (330 s while its inode-table block is dirty), and every create scans past
+    each such inode: right after an ``rm -rf`` of 10,000 files a create here
+    cost 0.5-1 ms instead of ~50 us (perf: ``recently_deleted`` under
+    ``__ext4_new_inode``). So: write the inode tables back and wait 30 s. Not
+    enough: creates still cost ~330 us after the wait (28 us once quiet), as
+    the timed creates dirty those blocks again and the guard becomes 330 s.
+    Hence the warning: measure on a filesystem with a journal."""
+    global _warned
     if not _last_delete or not _has_no_journal(path if path.exists() else Path("/")):
         return
-    global _warned
     if not _warned:
         _warned = True
-        # Measured: after this wait creates here still cost ~330 us for a while
-        # (28 us once quiet): the timed creates dirty the inode-table blocks of
-        # the freed inodes, and ext4 then guards those for 330 s, not 30.
         print(
             f"bench: {path} is on ext4 without a journal: creates after a delete stay"
             " slow for minutes; for figures, give --dir on a filesystem with a journal"
