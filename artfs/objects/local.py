@@ -380,7 +380,7 @@ class LocalStore(ObjectStore):
                     self._ensure_parent(dest, parents)
                 if if_absent:
                     try:
-                        os.link(src, dest)
+                        os.link(src, dest, follow_symlinks=False)  # as lstat saw it in _take
                     except FileExistsError:
                         continue
                     except OSError as e:
