@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from artfs.objects import NotFound, ObjectStore, PreconditionFailed, open_store
+from artfs.objects import NotFound, ObjectStore, PreconditionFailed, StoreError, open_store
+from artfs.objects import local as local_store
 from artfs.objects.local import LocalStore
 
 
@@ -184,6 +185,41 @@ def test_local_put_files_moving_takes_the_files_themselves(tmp_path: Path) -> No
         assert os.listdir(tmp_path / "s" / ".tmp") == []
     finally:
         elsewhere.unlink()
+
+
+def test_local_put_files_failing_leaves_no_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is copied while the one before it is flushed and linked. When a
+    file cannot be copied, or a batch cannot be linked, every copy made for
+    the call is removed and the objects already linked stay whole."""
+    monkeypatch.setattr(local_store, "_BATCH_FILES", 4)
+    monkeypatch.setattr(local_store, "_STAGE_CHUNK", 2)
+    store = LocalStore(tmp_path / "s")
+    files = []
+    for i in range(12):
+        p = tmp_path / f"f{i:02d}"
+        p.write_bytes(b"bytes %d" % i)
+        files.append(p)
+    items = [(f"blobs/{i:02d}/f", p) for i, p in enumerate(files)]
+
+    # One source unreadable, in the second chunk of the second batch: the
+    # other chunks of that batch were copied, the first batch was linked.
+    missing = [*items[:7], ("blobs/07/f", tmp_path / "no-such-file"), *items[8:]]
+    with pytest.raises(StoreError, match="no-such-file"):
+        store.put_files(missing, if_absent=True)
+    assert os.listdir(tmp_path / "s" / ".tmp") == []
+    assert [store.get(f"blobs/{i:02d}/f") for i in range(4)] == [p.read_bytes() for p in files[:4]]
+    assert not store.exists("blobs/04/f")
+
+    # The second batch cannot be linked (a file stands where its directory
+    # would go) while the third is being copied.
+    (tmp_path / "s" / "blobs" / "05").write_bytes(b"not a directory")
+    with pytest.raises(StoreError, match="cannot write into"):
+        store.put_files(items, if_absent=True)
+    assert os.listdir(tmp_path / "s" / ".tmp") == []
+    assert not store.exists("blobs/08/f")
+    assert store.get("blobs/04/f") == files[4].read_bytes()
 
 
 def test_put_files_in_one_call(store: ObjectStore, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,6 +70,12 @@ def _copy(src: int, dst: int) -> None:
 
 
 _BATCH_FILES = 4096
+# A local copy is the kernel's CPU work and a create in one directory (.tmp):
+# threads beyond the cores only queue on its lock. Measured on 2 cores,
+# 16,384 files of 4 KiB: 8 threads 6.2-6.7 s, 2 threads 4.6-5.0 s.
+_COPY_WORKERS = max(1, min(PUT_WORKERS, os.cpu_count() or 1))
+# (index of the item, the file to link, where): a file of a batch, ready.
+_Staged = tuple[int, Path, Path]
 _BLOB_MODE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _TMP_ABANDONED = 24 * 3600.0
 _STAGE_CHUNK = 32
@@ -304,72 +310,114 @@ class LocalStore(ObjectStore):
         temporary name), make them all durable with one ``syncfs``, link them
         into place, then make the names durable with one more. No name ever
         points at bytes that are not on disk, and all of them are durable when
-        this returns."""
+        this returns.
+
+        While one batch is flushed and linked, the next is copied: the copy is
+        the CPU's work and the flush the disk's, so the two overlap."""
         results = [False] * len(items)
-        with ThreadPoolExecutor(max_workers=PUT_WORKERS) as pool:
-            for start in range(0, len(items), _BATCH_FILES):
-                self._put_batch(
-                    pool,
-                    items,
-                    range(start, min(start + _BATCH_FILES, len(items))),
-                    results,
-                    if_absent=if_absent,
-                    move=move,
-                    progress=progress,
-                )
+
+        def stage_some(chunk: range) -> list[_Staged]:
+            staged: list[_Staged] = []
+            try:
+                for i in chunk:
+                    key, path = items[i]
+                    staged.append((i, *self._stage(path, self._path(key), move, progress)))
+            except BaseException:
+                self._drop_copies(staged)
+                raise
+            return staged
+
+        copying: list[Future[list[_Staged]]] = []
+        with ThreadPoolExecutor(max_workers=_COPY_WORKERS) as pool:
+            try:
+                copied: list[_Staged] = []
+                for start in range(0, len(items), _BATCH_FILES):
+                    batch = range(start, min(start + _BATCH_FILES, len(items)))
+                    copying = [
+                        pool.submit(stage_some, batch[i : i + _STAGE_CHUNK])
+                        for i in range(0, len(batch), _STAGE_CHUNK)
+                    ]
+                    if copied:
+                        self._settle(pool, items, copied, results, if_absent=if_absent)
+                    pending, copying = copying, []
+                    copied = self._copied(pending)
+                if copied:
+                    self._settle(pool, items, copied, results, if_absent=if_absent)
+            finally:
+                if copying:  # copied while the batch before it failed
+                    with contextlib.suppress(Exception):
+                        self._drop_copies(self._copied(copying))
         return results
 
-    def _put_batch(
+    def _stage(
+        self,
+        path: Path,
+        dest: Path,
+        move: bool,
+        progress: Callable[[int], None] | None,
+    ) -> tuple[Path, Path]:
+        """Ready one file to be linked to ``dest``: (the file to link, dest),
+        the file a copy in ``.tmp/`` or, with ``move``, the caller's own.
+
+        Whether ``dest`` is taken is the link's to find out (``if_absent``):
+        the one caller has just checked, so a check here would be a second
+        ``stat`` per file that saves a copy only when a writer races it."""
+        taken = self._take(path) if move else None
+        if taken is not None:
+            if progress:
+                progress(taken.st_size)
+            return path, dest
+        tmp = self._tmp_path()
+        try:
+            src = os.open(path, os.O_RDONLY)
+            try:
+                # Created read-only: the descriptor still writes.
+                dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _BLOB_MODE)
+                try:
+                    _copy(src, dst)
+                    _stamp(dst)
+                    size = os.fstat(dst).st_size
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
+        if progress:
+            progress(size)
+        return tmp, dest
+
+    def _copied(self, copying: list[Future[list[_Staged]]]) -> list[_Staged]:
+        """What a batch staged, once every copy of it is done; if one failed,
+        the others' copies are removed and its error raised."""
+        staged: list[_Staged] = []
+        error: BaseException | None = None
+        for future in copying:
+            try:
+                staged += future.result()
+            except BaseException as e:  # raised once every copy is done and removed
+                error = error or e
+        if error is not None:
+            self._drop_copies(staged)
+            raise error
+        return staged
+
+    def _drop_copies(self, staged: list[_Staged]) -> None:
+        for _, src, _ in staged:
+            if src.parent == self.root / ".tmp":  # a copy; a taken file is the caller's
+                src.unlink(missing_ok=True)
+
+    def _settle(
         self,
         pool: ThreadPoolExecutor,
         items: Sequence[tuple[str, Path]],
-        batch: range,
+        staged: list[_Staged],
         results: list[bool],
         *,
         if_absent: bool,
-        move: bool,
-        progress: Callable[[int], None] | None,
     ) -> None:
-        def stage(i: int) -> tuple[int, Path, Path] | None:
-            key, path = items[i]
-            dest = self._path(key)
-            if if_absent and dest.exists():
-                if progress:
-                    progress(path.stat().st_size)
-                return None
-            taken = self._take(path) if move else None
-            if taken is not None:
-                if progress:
-                    progress(taken.st_size)
-                return i, path, dest
-            tmp = self._tmp_path()
-            try:
-                src = os.open(path, os.O_RDONLY)
-                try:
-                    # Created read-only: the descriptor still writes.
-                    dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _BLOB_MODE)
-                    try:
-                        _copy(src, dst)
-                        _stamp(dst)
-                        size = os.fstat(dst).st_size
-                    finally:
-                        os.close(dst)
-                finally:
-                    os.close(src)
-            except OSError as e:
-                tmp.unlink(missing_ok=True)
-                raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
-            if progress:
-                progress(size)
-            return i, tmp, dest
-
-        def stage_some(chunk: range) -> list[tuple[int, Path, Path] | None]:
-            return [stage(i) for i in chunk]
-
-        chunks = [batch[i : i + _STAGE_CHUNK] for i in range(0, len(batch), _STAGE_CHUNK)]
-        staged = [s for done in pool.map(stage_some, chunks) for s in done if s is not None]
-        if not staged:
-            return
+        """Make a staged batch durable, link it into place, make the names durable."""
         pause_point("STORE_STAGED")  # tests: a kill here leaves temp files
         if not _syncfs(self.root):
             list(pool.map(lambda s: fsync_file(s[1]), staged))
@@ -395,9 +443,7 @@ class LocalStore(ObjectStore):
         except OSError as e:
             raise StoreError(f"cannot write into {self.root}: {e.strerror}") from e
         finally:
-            for _, src, _ in staged:
-                if src.parent == self.root / ".tmp":  # a copy; a taken file is the caller's
-                    src.unlink(missing_ok=True)
+            self._drop_copies(staged)
         # The new names (and new directories): one more syncfs, not one
         # journal commit per directory (256 of them for a large batch).
         if SYNCFS_NAMES and _syncfs(self.root):
