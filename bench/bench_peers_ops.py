@@ -421,13 +421,15 @@ def main() -> None:
         if dvc and (not only or only & {"put", "staging"}):
             dvc_seconds = dvc_rows(dvc, base / "dvc", medium)
         if not only or "put" in only:
+            # A put writes every byte durably: cp -r && sync is its floor.
             plain = cp_r(medium, base / "data" / "medium-copy")
+            synced = cp_r(medium, base / "data" / "medium-copy", sync=True)
             remove_tree(base / "data" / "medium-copy")
             settle(base)
             start = time.perf_counter()
             api.put([medium], "bench/medium-put")
             t = time.perf_counter() - start
-            more = {"dvc add": dvc_seconds.get("add")}
+            more = {"cp -r && sync": synced, "dvc add": dvc_seconds.get("add")}
             report("artfs put medium (api)", t, baseline=plain, more=more)
             # Like for like with the dvc CLI: a process of its own, a fresh store.
             cli_env = local_store_env(base / "put-cli")
@@ -435,10 +437,18 @@ def main() -> None:
             run(artfs_cmd("put", "-n", "bench/medium-put", str(medium)), env=cli_env)
             t = time.perf_counter() - start
             report("artfs put medium (cli, fresh store)", t, baseline=plain, more=more)
+            if small.exists():  # many small files: the cost per file
+                synced = cp_r(small, base / "data" / "small-copy", sync=True)
+                remove_tree(base / "data" / "small-copy")
+                settle(base)
+                start = time.perf_counter()
+                api.put([small], "bench/small")
+                t = time.perf_counter() - start
+                report("artfs put small (api)", t, baseline=synced, baseline_label="cp -r && sync")
         # Versions to read are put before the mount starts (a name looked up
         # before its put stays absent for the listing TTL).
         big = base / "data" / "big" / "big.bin"
-        if not only or "read" in only:
+        if (not only or "read" in only) and not api.artifact_exists("bench/small"):
             api.put([small], "bench/small")
         if not only or "dd" in only:
             make_big(big, shape["big"])
