@@ -273,6 +273,34 @@ def read_rows(
 DD = "dd bs=1M if={} of=/dev/null status=none"
 
 
+def put_rows(api: Api, base: Path, medium: Path, small: Path, dvc_add: float | None) -> None:
+    """``artfs put`` of medium (API, then CLI in a fresh store, as dvc runs) and
+    of small when it was made. A put writes every byte durably, so ``cp -r &&
+    sync`` is its floor."""
+
+    def timed_put(src: Path, name: str) -> float:
+        remove_tree(base / "data" / "copy")
+        settle(base)
+        start = time.perf_counter()
+        api.put([src], name)
+        return time.perf_counter() - start
+
+    plain = cp_r(medium, base / "data" / "copy")
+    synced = cp_r(medium, base / "data" / "copy", sync=True)
+    more = {"cp -r && sync": synced, "dvc add": dvc_add}
+    t = timed_put(medium, "bench/medium-put")
+    report("artfs put medium (api)", t, baseline=plain, more=more)
+    cli_env = local_store_env(base / "put-cli")
+    start = time.perf_counter()
+    run(artfs_cmd("put", "-n", "bench/medium-put", str(medium)), env=cli_env)
+    t = time.perf_counter() - start
+    report("artfs put medium (cli, fresh store)", t, baseline=plain, more=more)
+    if small.exists():  # many small files: the cost per file
+        synced = cp_r(small, base / "data" / "copy", sync=True)
+        t = timed_put(small, "bench/small")
+        report("artfs put small (api)", t, baseline=synced, baseline_label="cp -r && sync")
+
+
 def dd_pass(path: Path, hot: bool, cold: bool, m: Mount | None = None) -> tuple[float, str]:
     """One ``dd`` of ``path``: right after another (page cache hot) or after
     dropping the page cache; (seconds, the daemon's requests line when ``m``)."""
@@ -421,30 +449,7 @@ def main() -> None:
         if dvc and (not only or only & {"put", "staging"}):
             dvc_seconds = dvc_rows(dvc, base / "dvc", medium)
         if not only or "put" in only:
-            # A put writes every byte durably: cp -r && sync is its floor.
-            plain = cp_r(medium, base / "data" / "medium-copy")
-            synced = cp_r(medium, base / "data" / "medium-copy", sync=True)
-            remove_tree(base / "data" / "medium-copy")
-            settle(base)
-            start = time.perf_counter()
-            api.put([medium], "bench/medium-put")
-            t = time.perf_counter() - start
-            more = {"cp -r && sync": synced, "dvc add": dvc_seconds.get("add")}
-            report("artfs put medium (api)", t, baseline=plain, more=more)
-            # Like for like with the dvc CLI: a process of its own, a fresh store.
-            cli_env = local_store_env(base / "put-cli")
-            start = time.perf_counter()
-            run(artfs_cmd("put", "-n", "bench/medium-put", str(medium)), env=cli_env)
-            t = time.perf_counter() - start
-            report("artfs put medium (cli, fresh store)", t, baseline=plain, more=more)
-            if small.exists():  # many small files: the cost per file
-                synced = cp_r(small, base / "data" / "small-copy", sync=True)
-                remove_tree(base / "data" / "small-copy")
-                settle(base)
-                start = time.perf_counter()
-                api.put([small], "bench/small")
-                t = time.perf_counter() - start
-                report("artfs put small (api)", t, baseline=synced, baseline_label="cp -r && sync")
+            put_rows(api, base, medium, small, dvc_seconds.get("add"))
         # Versions to read are put before the mount starts (a name looked up
         # before its put stays absent for the listing TTL).
         big = base / "data" / "big" / "big.bin"
