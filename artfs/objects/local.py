@@ -74,8 +74,9 @@ _BATCH_FILES = 4096
 # threads beyond the cores only queue on its lock. Measured on 2 cores,
 # 16,384 files of 4 KiB: 8 threads 6.2-6.7 s, 2 threads 4.6-5.0 s.
 _COPY_WORKERS = max(1, min(PUT_WORKERS, os.cpu_count() or 1))
-# (index of the item, the file to link, where): a file of a batch, ready.
-_Staged = tuple[int, Path, Path]
+# (index of the item, the file to link, where, whether that file is our copy
+# in .tmp/ and not the caller's own): a file of a batch, ready.
+_Staged = tuple[int, Path, Path, bool]
 _BLOB_MODE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
 _TMP_ABANDONED = 24 * 3600.0
 _STAGE_CHUNK = 32
@@ -355,9 +356,10 @@ class LocalStore(ObjectStore):
         dest: Path,
         move: bool,
         progress: Callable[[int], None] | None,
-    ) -> tuple[Path, Path]:
-        """Ready one file to be linked to ``dest``: (the file to link, dest),
-        the file a copy in ``.tmp/`` or, with ``move``, the caller's own.
+    ) -> tuple[Path, Path, bool]:
+        """Ready one file to be linked to ``dest``: (the file to link, dest,
+        whether it is a copy), the file a copy in ``.tmp/`` or, with ``move``,
+        the caller's own.
 
         Whether ``dest`` is taken is the link's to find out (``if_absent``):
         the one caller has just checked, so a check here would be a second
@@ -366,7 +368,7 @@ class LocalStore(ObjectStore):
         if taken is not None:
             if progress:
                 progress(taken.st_size)
-            return path, dest
+            return path, dest, False
         tmp = self._tmp_path()
         try:
             src = os.open(path, os.O_RDONLY)
@@ -386,7 +388,7 @@ class LocalStore(ObjectStore):
             raise StoreError(f"cannot copy {path} into the store: {e.strerror}") from e
         if progress:
             progress(size)
-        return tmp, dest
+        return tmp, dest, True
 
     def _copied(self, copying: list[Future[list[_Staged]]]) -> list[_Staged]:
         """What a batch staged, once every copy of it is done; if one failed,
@@ -404,8 +406,8 @@ class LocalStore(ObjectStore):
         return staged
 
     def _drop_copies(self, staged: list[_Staged]) -> None:
-        for _, src, _ in staged:
-            if src.parent == self.root / ".tmp":  # a copy; a taken file is the caller's
+        for _, src, _, copy in staged:
+            if copy:  # a taken file is the caller's
                 src.unlink(missing_ok=True)
 
     def _settle(
@@ -423,7 +425,7 @@ class LocalStore(ObjectStore):
             list(pool.map(lambda s: fsync_file(s[1]), staged))
         parents: set[Path] = set()
         try:
-            for i, src, dest in staged:
+            for i, src, dest, _ in staged:
                 if dest.parent not in parents:
                     self._ensure_parent(dest, parents)
                 if if_absent:
