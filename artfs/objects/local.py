@@ -70,9 +70,10 @@ def _copy(src: int, dst: int) -> None:
 
 
 _BATCH_FILES = 4096
-# A local copy is the kernel's CPU work and a create in one directory (.tmp):
-# threads beyond the cores only queue on its lock. Measured on 2 cores,
-# 16,384 files of 4 KiB: 8 threads 6.2-6.7 s, 2 threads 4.6-5.0 s.
+# A local copy is the kernel's CPU work: threads beyond the cores only
+# contend. Measured on 2 cores, 16,384 files of 4 KiB: 8 threads 6.2-6.8 s,
+# 2 threads 4.6-5.0 s (a .tmp directory per batch changed nothing, so it is
+# not that directory's lock). A remote store's puts keep PUT_WORKERS.
 _COPY_WORKERS = max(1, min(PUT_WORKERS, os.cpu_count() or 1))
 # (index of the item, the file to link, where, whether that file is our copy
 # in .tmp/ and not the caller's own): a file of a batch, ready.
