@@ -943,7 +943,7 @@ def scan_inputs(paths: Iterable[str | os.PathLike[str]], builder: SpillingBuilde
             # directory are kept as links.
             if p.is_dir():
                 for path, disk in iter_tree(p, builder):
-                    builder.add_pending(path, str(disk), os.lstat(disk).st_size)
+                    builder.add_pending(path, disk, os.lstat(disk).st_size)
             elif p.is_file():
                 names.check_path(p.name)
                 builder.add_pending(p.name, str(p), p.stat().st_size)
