@@ -286,7 +286,7 @@ class LocalStore(ObjectStore):
         tmp = self._tmp_path()
         # A rename keeps the bytes where they are: no copy for a staged file
         # on the store's filesystem.
-        if not (move and self._move_in(path, tmp, sync=True)):
+        if not (move and self._move_in(path, tmp)):
             try:
                 with open(path, "rb") as src, open(tmp, "xb") as dst:
                     _copy(src.fileno(), dst.fileno())
@@ -477,14 +477,14 @@ class LocalStore(ObjectStore):
             return False
         return True
 
-    def _move_in(self, path: Path, tmp: Path, *, sync: bool) -> bool:
-        """Rename a local file to ``tmp`` (no copy); False if it is on another filesystem."""
+    def _move_in(self, path: Path, tmp: Path) -> bool:
+        """Rename a local file, made durable, to ``tmp`` (no copy); False if it
+        is on another filesystem."""
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
                 _stamp(fd)
-                if sync:
-                    os.fsync(fd)
+                os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(path, tmp)
